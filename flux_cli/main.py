@@ -1,0 +1,26 @@
+"""The `flux` command. Subcommands live in their own modules and are imported lazily, so that
+`flux --help` and the light commands start fast."""
+
+from __future__ import annotations
+
+import click
+
+from flux_cli.lazy import LazyGroup
+
+COMMANDS = {
+    "server": "flux_server.cli:server_command",
+    "proxy": "flux_cli.proxy:proxy_command",
+}
+
+
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS)
+@click.version_option(package_name="flux")
+def cli() -> None:
+    """Record, replay and resume the requests of a Deno app."""
+
+
+def server_main() -> None:
+    """`flux-server`: the same as `flux server`."""
+    from flux_server.cli import server_command
+
+    server_command(prog_name="flux-server")
