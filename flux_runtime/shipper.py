@@ -1,0 +1,165 @@
+"""Ships finished executions and boot records to flux-server without ever blocking a request.
+
+Records wait in memory for at most `flush_interval`, then go in one batch. A batch the server
+does not acknowledge is written to the spool (`$FLUX_HOME/spool`) before anything else is
+tried, and spooled batches are re-sent, oldest first, until acknowledged — also by the next
+`flux serve` after a restart. The server's RecordBatch is idempotent by id, so a batch sent
+twice (acknowledged, but the ack was lost) is never duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flux_server.records import BootRecord, Execution
+
+log = logging.getLogger("flux.shipper")
+
+
+@dataclass
+class Batch:
+    executions: list[Execution] = field(default_factory=list)
+    boots: list[BootRecord] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.executions) + len(self.boots)
+
+
+SendBatch = Callable[[Batch], Awaitable[None]]
+"""Delivers a batch; raises when the server did not acknowledge it."""
+
+
+class SpoolCodec:
+    """How a batch is laid down on disk: the gRPC request's own protobuf bytes."""
+
+    @staticmethod
+    def encode(batch: Batch) -> bytes:
+        from flux_server.convert import batch_to_proto
+
+        return batch_to_proto(batch.executions, batch.boots).SerializeToString()
+
+    @staticmethod
+    def decode(data: bytes) -> Batch:
+        from flux_server.convert import batch_from_bytes
+
+        executions, boots = batch_from_bytes(data)
+        return Batch(executions, boots)
+
+
+class Spool:
+    """Batches on disk, one file each, written atomically, named so they sort oldest first."""
+
+    def __init__(self, directory: Path, codec: type[SpoolCodec] = SpoolCodec) -> None:
+        self.directory = directory
+        self.codec = codec
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def put(self, batch: Batch) -> Path:
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.batch"
+        tmp = self.directory / f".{name}.tmp"
+        tmp.write_bytes(self.codec.encode(batch))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        final = self.directory / name
+        tmp.rename(final)
+        return final
+
+    def pending(self) -> list[Path]:
+        return sorted(self.directory.glob("*.batch"))
+
+    def load(self, path: Path) -> Batch:
+        return self.codec.decode(path.read_bytes())
+
+
+class Shipper:
+    def __init__(self, send: SendBatch, spool: Spool, *, flush_interval: float = 0.2,
+                 max_batch: int = 500, retry_interval: float = 1.0) -> None:
+        self._send = send
+        self.spool = spool
+        self._flush_interval = flush_interval
+        self._max_batch = max_batch
+        self._retry_interval = retry_interval
+        self._pending = Batch()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.sent = 0  # records acknowledged by the server, for tests and status lines
+
+    def submit_execution(self, execution: Execution) -> None:
+        self._pending.executions.append(execution)
+        if len(self._pending) >= self._max_batch:
+            self._wakeup.set()
+
+    def submit_boot(self, boot: BootRecord) -> None:
+        self._pending.boots.append(boot)
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="flux-shipper")
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Send what is pending; spool whatever the server does not take within `timeout`."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        if len(self._pending):
+            self.spool.put(self._take())
+
+    def _take(self) -> Batch:
+        batch, self._pending = self._pending, Batch()
+        return batch
+
+    async def _run(self) -> None:
+        next_retry = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self._flush_interval)
+            self._wakeup.clear()
+            if len(self._pending):
+                batch = self._take()
+                if not await self._deliver(batch):
+                    self.spool.put(batch)
+                    next_retry = time.monotonic() + self._retry_interval
+            if time.monotonic() >= next_retry and not await self._drain_spool():
+                next_retry = time.monotonic() + self._retry_interval
+            if self._closing and not len(self._pending):
+                return
+
+    async def _deliver(self, batch: Batch) -> bool:
+        try:
+            await self._send(batch)
+        except Exception as exc:  # any failure means: not acknowledged, keep it
+            log.warning("flux: record server did not take %d records (%s); spooled",
+                        len(batch), exc)
+            return False
+        self.sent += len(batch)
+        return True
+
+    async def _drain_spool(self) -> bool:
+        """Re-send spooled batches oldest first; False when the server still refuses."""
+        for path in self.spool.pending():
+            try:
+                batch = self.spool.load(path)
+            except Exception as exc:
+                # A file we cannot read is moved aside, never deleted: records are not lost.
+                log.error("flux: unreadable spool file %s (%s); kept as .bad", path, exc)
+                path.rename(path.with_suffix(".bad"))
+                continue
+            if not await self._deliver(batch):
+                return False
+            path.unlink()
+        return True
