@@ -157,3 +157,42 @@ def body_json(body: bytes, headers: list[tuple[str, str]]) -> Any:
         return body.decode("utf-8")
     except UnicodeDecodeError:
         return {"base64": base64.b64encode(body).decode()}
+
+
+@dataclass(slots=True)
+class ExecutionSummary:
+    """What `logs` and `tail` show of an execution: what List and Tail return, without the IO."""
+
+    id: str
+    started_at: float
+    duration: float
+    method: str
+    path: str
+    status: int
+    outcome: Outcome
+    error_message: str | None = None
+    mode: Mode = Mode.RECORD
+    parent_id: str | None = None
+    replay_outcome: str | None = None
+
+    @classmethod
+    def of(cls, execution: Execution) -> ExecutionSummary:
+        return cls(id=execution.id, started_at=execution.started_at,
+                   duration=execution.duration, method=execution.method, path=execution.path,
+                   status=execution.status, outcome=execution.outcome,
+                   error_message=execution.error.message if execution.error else None,
+                   mode=execution.mode, parent_id=execution.parent_id,
+                   replay_outcome=execution.replay_outcome)
+
+    def summary_json(self) -> dict[str, Any]:
+        """The summary JSON shape of DESIGN.md (`logs --json`, `tail --json`)."""
+        return {
+            "id": self.id,
+            "started_at": iso(self.started_at),
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "outcome": self.outcome.value,
+            "duration_ms": round(self.duration * 1000, 3),
+            "error_message": self.error_message,
+        }
