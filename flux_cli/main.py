@@ -10,6 +10,10 @@ from flux_cli.lazy import LazyGroup
 COMMANDS = {
     "server": "flux_server.cli:server_command",
     "proxy": "flux_cli.proxy:proxy_command",
+    "logs": "flux_cli.views:logs_command",
+    "tail": "flux_cli.views:tail_command",
+    "trace": "flux_cli.views:trace_command",
+    "why": "flux_cli.views:why_command",
 }
 
 

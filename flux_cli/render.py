@@ -14,7 +14,7 @@ from rich.text import Text
 
 from flux_cli.why import summarize_request, summarize_response
 from flux_proxy.model import Exchange, Lifetime
-from flux_server.records import Execution, body_json
+from flux_server.records import Execution, ExecutionSummary, body_json
 
 BODY_PREVIEW = 600
 TIMELINE_HEAD = 40
@@ -37,7 +37,7 @@ def local_time(ts: float) -> str:
     return datetime.fromtimestamp(ts).strftime("%H:%M:%S")
 
 
-def logs_table(executions: list[Execution]) -> Table:
+def logs_table(executions: list[ExecutionSummary]) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col, justify in (("time", "left"), ("method", "left"), ("path", "left"),
                          ("status", "right"), ("duration", "right"), ("id", "left")):
@@ -51,7 +51,7 @@ def logs_table(executions: list[Execution]) -> Table:
     return table
 
 
-def tail_lines(e: Execution) -> list[Text]:
+def tail_lines(e: ExecutionSummary) -> list[Text]:
     line = Text()
     line.append(local_time(e.started_at) + " ", style="dim")
     line.append(f"{e.status} ", style=status_style(e.status, e.outcome.value))
@@ -59,13 +59,14 @@ def tail_lines(e: Execution) -> list[Text]:
     line.append(f"{e.duration * 1000:.0f} ms ", style="dim")
     line.append(short_id(e.id), style="cyan")
     out = [line]
-    if e.error is not None:
-        out.append(Text(f"  └ {e.error.name}: {e.error.message}", style="red"))
+    if e.error_message:
+        out.append(Text(f"  └ {e.error_message}", style="red"))
     return out
 
 
-def _with_query(e: Execution) -> str:
-    return f"{e.path}?{e.query}" if e.query else e.path
+def _with_query(e: Execution | ExecutionSummary) -> str:
+    query = getattr(e, "query", "")
+    return f"{e.path}?{query}" if query else e.path
 
 
 @dataclass
