@@ -1,0 +1,335 @@
+"""One Deno process running the app under the preload shim, serving one request at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import re
+import secrets
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flux_runtime.control import ControlServer, Message, ShimReport
+from flux_runtime.deno import deno_binary, deno_dir, shim_path
+from flux_server.records import DeterminismEntry, Mode
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+PERMISSION_FLAG = re.compile(r"^(-A|-P|--no-prompt|--(allow|deny)-[a-z-]+(=.*)?"
+                             r"|--permission-set(=.*)?)$")
+STDERR_TAIL_LINES = 200
+# `deno run` says this about `export default {fetch}` apps, which the shim serves itself.
+IGNORED_STDERR = ('did you mean to run "deno serve"?',)
+
+
+class WorkerStartError(RuntimeError):
+    """The app could not be started; the message is one line, with Deno's own words."""
+
+
+class WorkerExited(ConnectionError):
+    """The worker process ended while the runtime was waiting on it."""
+
+
+@dataclass(slots=True)
+class WorkerConfig:
+    """How to run the app; shared by every worker of a pool."""
+
+    app: Path
+    mode: Mode = Mode.RECORD
+    deno_args: Sequence[str] = ()
+    env: Mapping[str, str] | None = None  # base environment; None = this process's
+    deno_dir: str | None = None
+    cwd: str | None = None
+    start_timeout: float = 60.0
+    echo_output: bool = False  # copy the app's stdout/stderr to ours, prefixed by worker id
+    replay_permissions: Sequence[str] = ("--allow-read", "--allow-env", "--allow-sys")
+
+
+@dataclass(slots=True)
+class WorkerSlotSettings:
+    """What differs per worker slot: the lead's proxies are per worker."""
+
+    env: dict[str, str] = field(default_factory=dict)  # e.g. rewritten upstream URLs
+    net_allow: list[str] = field(default_factory=list)  # replay: host:port the app may reach
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def deno_error_line(lines: Sequence[str]) -> str | None:
+    """Deno's own one-line error (`error: ...`, with its `at file:...` location if any)."""
+    for index, line in enumerate(lines):
+        if line.startswith("error:"):
+            message = line.removeprefix("error:").strip()
+            for follow in lines[index + 1:index + 4]:
+                stripped = follow.strip()
+                if stripped.startswith("at "):
+                    return f"{message} ({stripped})"
+            return message
+    return None
+
+
+class Worker:
+    """A worker slot: its Deno process comes and goes (crash, restart), the slot stays."""
+
+    def __init__(self, index: int, config: WorkerConfig,
+                 settings: Callable[[int], WorkerSlotSettings] | None = None,
+                 on_exit: Callable[[Worker], None] | None = None) -> None:
+        self.index = index
+        self.id = f"w{index}"
+        self.config = config
+        self._settings = settings
+        self._on_exit = on_exit
+        self._control = ControlServer(self._on_message)
+        self._process: asyncio.subprocess.Process | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._listening: asyncio.Future[int] | None = None
+        self._exited = asyncio.Event()
+        self._reports: dict[str, asyncio.Future[ShimReport]] = {}
+        self._primed: dict[str, asyncio.Future[None]] = {}
+        self._stopping = False
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self.port = 0
+        self.boot_id = ""  # fresh for every process start: the boot record's id
+        self.starts = 0
+        self.returncode: int | None = None
+        self.ready = False  # listening and not exited
+        self.busy = False  # serving a request (managed by the pool)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def command(self, control_port: int, settings: WorkerSlotSettings) -> list[str]:
+        """The `deno run` command line: permissions, preload shim, DENO_ARGS, app."""
+        user_args = list(self.config.deno_args)
+        if self.config.mode is Mode.REPLAY:
+            user_args = [a for a in user_args if not PERMISSION_FLAG.match(a)]
+            allowed = [f"127.0.0.1:{self.port}", f"127.0.0.1:{control_port}", *settings.net_allow]
+            permissions = [*self.config.replay_permissions, f"--allow-net={','.join(allowed)}",
+                           "--no-prompt"]
+        else:
+            permissions = [] if any(PERMISSION_FLAG.match(a) for a in user_args) else ["-A"]
+        return [deno_binary(), "run", *permissions, "--preload", str(shim_path()), *user_args,
+                str(self.config.app)]
+
+    def environment(self, control_port: int, token: str, settings: WorkerSlotSettings
+                    ) -> dict[str, str]:
+        env = dict(os.environ if self.config.env is None else self.config.env)
+        env.update(settings.env)
+        directory = deno_dir(self.config.deno_dir)
+        if directory:
+            env["DENO_DIR"] = directory
+        env.setdefault("DENO_NO_UPDATE_CHECK", "1")
+        env.update({
+            "FLUX_CONTROL_PORT": str(control_port),
+            "FLUX_WORKER_TOKEN": token,
+            "FLUX_WORKER_PORT": str(self.port),
+            "FLUX_WORKER_HOST": "127.0.0.1",
+            "FLUX_WORKER_ID": self.id,
+            "FLUX_MODE": self.config.mode.value,
+        })
+        return env
+
+    async def start(self) -> None:
+        """Start the process and return once the app listens; raise WorkerStartError otherwise."""
+        app = self.config.app
+        if not app.is_file():
+            raise WorkerStartError(f"app file not found: {app}")
+        if self._control.port == 0:
+            await self._control.start()
+        settings = self._settings(self.index) if self._settings else WorkerSlotSettings()
+        token = secrets.token_hex(16)
+        self._control.expect(token)
+        self.port = free_port()
+        self.boot_id = str(uuid.uuid4())
+        self.starts += 1
+        self.ready = False
+        self.returncode = None
+        self._stopping = False
+        self._exited = asyncio.Event()
+        self.stderr_tail.clear()
+        loop = asyncio.get_running_loop()
+        self._listening = loop.create_future()
+        self._process = await asyncio.create_subprocess_exec(
+            *self.command(self._control.port, settings),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.environment(self._control.port, token, settings),
+            cwd=self.config.cwd,
+            start_new_session=True,  # Ctrl-C reaches flux, which stops workers gracefully
+        )
+        process = self._process
+        self._tasks = [
+            asyncio.create_task(self._drain(process.stdout, sys.stdout, keep=False)),
+            asyncio.create_task(self._drain(process.stderr, sys.stderr, keep=True)),
+        ]
+        self._tasks.append(asyncio.create_task(self._watch(process, self._tasks[:2])))
+        waiter = asyncio.ensure_future(self._exited.wait())
+        try:
+            done, _ = await asyncio.wait({self._listening, waiter},
+                                         timeout=self.config.start_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if self._listening in done and not self._exited.is_set():
+            self.ready = True
+            return
+        if self._exited.is_set():
+            raise WorkerStartError(self.exit_message(before_ready=True))
+        await self.stop()
+        raise WorkerStartError(
+            f"{app}: the app did not start an HTTP server within {self.config.start_timeout:g}s"
+            " (Deno.serve, node:http listen, or `export default {fetch}`)")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout`; waits for the process to be gone."""
+        self._stopping = True
+        self.ready = False
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self._exited.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await self._exited.wait()
+        elif process is not None:
+            await self._exited.wait()
+
+    async def close(self) -> None:
+        """Stop the process and the control listener for good."""
+        await self.stop()
+        await self._control.close()
+
+    @property
+    def exited(self) -> bool:
+        return self._exited.is_set()
+
+    async def wait_exit(self, timeout: float) -> bool:
+        """True if the process has exited (waiting up to `timeout` for it)."""
+        if self._exited.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._exited.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def exit_message(self, before_ready: bool = False) -> str:
+        """One line: Deno's own error when it printed one, else the exit code and last words."""
+        lines = [line for line in self.stderr_tail if line.strip()]
+        deno_says = deno_error_line(lines)
+        code = self.returncode
+        if before_ready:
+            if deno_says:
+                return f"{self.config.app}: {deno_says}"
+            last = f": {lines[-1].strip()}" if lines else ""
+            return (f"{self.config.app}: the app exited with code {code} before serving HTTP"
+                    f"{last}")
+        detail = f": {deno_says}" if deno_says else (f": {lines[-1].strip()}" if lines else "")
+        return f"worker {self.id} (pid {self.pid}) exited with code {code}{detail}"
+
+    # ------------------------------------------------------------------ per request
+
+    def report(self, execution_id: str) -> asyncio.Future[ShimReport]:
+        """The shim's report for this request (it may arrive before anyone asks)."""
+        future = self._reports.get(execution_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            if self._exited.is_set():
+                future.set_exception(WorkerExited(self.exit_message()))
+            self._reports[execution_id] = future
+        return future
+
+    def forget(self, execution_id: str) -> None:
+        future = self._reports.pop(execution_id, None)
+        if future is None:
+            return
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()  # mark a crash as seen: it is reported through the dispatch
+
+    async def prime(self, execution_id: str, entries: Sequence[DeterminismEntry],
+                    timeout: float = 10.0) -> None:
+        """Replay: hand the shim the values this request will observe, before sending it."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._primed[execution_id] = future
+        try:
+            await self._control.send({"type": "prime", "id": execution_id,
+                                      "determinism": [{"kind": e.kind, "value": e.value}
+                                                      for e in entries]})
+            await asyncio.wait_for(future, timeout)
+        finally:
+            self._primed.pop(execution_id, None)
+
+    # ------------------------------------------------------------------ internals
+
+    def _on_message(self, message: Message) -> None:
+        kind = message.get("type")
+        if kind == "listening":
+            if self._listening is not None and not self._listening.done():
+                self._listening.set_result(int(message.get("port") or 0))
+        elif kind == "done":
+            future = self.report(str(message.get("id")))
+            if not future.done():
+                future.set_result(ShimReport.from_message(message))
+        elif kind == "primed":
+            primed = self._primed.get(str(message.get("id")))
+            if primed is not None and not primed.done():
+                primed.set_result(None)
+
+    async def _drain(self, stream: asyncio.StreamReader | None, echo: Any, keep: bool) -> None:
+        if stream is None:
+            return
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:  # a line longer than the reader's limit
+                raw = await stream.read(65536)
+            if not raw:
+                return
+            line = ANSI_ESCAPE.sub("", raw.decode("utf-8", "replace").rstrip("\n"))
+            if any(ignored in line for ignored in IGNORED_STDERR):
+                continue
+            if keep:
+                self.stderr_tail.append(line)
+            if self.config.echo_output:
+                echo.write(f"[{self.id}] {line}\n")
+                echo.flush()
+
+    async def _watch(self, process: asyncio.subprocess.Process,
+                     drains: list[asyncio.Task[Any]]) -> None:
+        self.returncode = await process.wait()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*drains), 2.0)
+        was_serving = self.ready
+        self.ready = False
+        self._exited.set()
+        error = WorkerExited(self.exit_message())
+        for future in list(self._reports.values()) + list(self._primed.values()):
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # retrieved: nobody may be waiting any more
+        if was_serving and not self._stopping and self._on_exit is not None:
+            self._on_exit(self)
