@@ -10,6 +10,7 @@ from flux_cli.lazy import LazyGroup
 COMMANDS = {
     "server": "flux_server.cli:server_command",
     "proxy": "flux_cli.proxy:proxy_command",
+    "serve": "flux_cli.serve:serve_command",
     "logs": "flux_cli.views:logs_command",
     "tail": "flux_cli.views:tail_command",
     "trace": "flux_cli.views:trace_command",

@@ -1,0 +1,89 @@
+"""Per-worker proxies and the attribution of their exchanges to requests and boot records.
+
+Each worker slot gets one recording proxy per upstream, started once and kept across worker
+restarts. The slot's proxies are tagged with the execution id while the worker serves it, so
+every exchange lands in exactly one request, or in the worker's boot record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flux_proxy.model import Exchange, ExchangeSink
+from flux_proxy.urls import proxy_url, redact, upstream_kind
+from flux_server.records import BootRecord
+
+
+class RecordingProxy(Protocol):
+    port: int
+
+    def set_current_request(self, request_id: str | None) -> None: ...
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+def make_recording_proxy(upstream: str, sink: ExchangeSink) -> RecordingProxy:
+    """A record-mode proxy for `upstream` on a free loopback port."""
+    if upstream_kind(upstream) == "pg":
+        from flux_proxy.pg.proxy import PgRecordProxy
+
+        return PgRecordProxy(upstream, sink)
+    from flux_proxy.resp.proxy import RedisRecordProxy
+
+    return RedisRecordProxy(upstream, sink)
+
+
+@dataclass
+class SlotRecorder:
+    """The proxies of one worker slot, and what they recorded."""
+
+    index: int
+    upstreams: dict[str, str]  # env var -> real URL, with credentials
+    proxies: dict[str, RecordingProxy] = field(default_factory=dict)
+    by_request: dict[str, list[Exchange]] = field(default_factory=dict)
+    boot: BootRecord | None = None
+
+    async def start(self) -> None:
+        for var, url in self.upstreams.items():
+            proxy = make_recording_proxy(url, self._collect)
+            await proxy.start()
+            self.proxies[var] = proxy
+
+    async def close(self) -> None:
+        for proxy in self.proxies.values():
+            with contextlib.suppress(Exception):
+                await proxy.close()
+
+    def env(self) -> dict[str, str]:
+        """The app's view of each upstream variable: this slot's proxy."""
+        return {var: proxy_url(self.upstreams[var], "127.0.0.1", p.port)
+                for var, p in self.proxies.items()}
+
+    def _collect(self, exchange: Exchange) -> None:
+        if exchange.request_id is not None:
+            self.by_request.setdefault(exchange.request_id, []).append(exchange)
+        elif self.boot is not None:
+            self.boot.exchanges.append(exchange)
+
+    def new_boot(self, boot_id: str, worker_id: str, app_path: str) -> BootRecord:
+        self.boot = BootRecord(id=boot_id, worker_id=worker_id, app_path=app_path,
+                               started_at=time.time())
+        return self.boot
+
+    def tag(self, execution_id: str | None) -> None:
+        for proxy in self.proxies.values():
+            proxy.set_current_request(execution_id)
+
+    def take(self, execution_id: str) -> list[Exchange]:
+        return self.by_request.pop(execution_id, [])
+
+
+def redacted_upstreams(upstreams: dict[str, str]) -> dict[str, str]:
+    return {var: redact(url) for var, url in upstreams.items()}
+
+
+def worker_boot_id(worker: Any) -> str:
+    return str(getattr(worker, "boot_id", "") or "")

@@ -1,0 +1,167 @@
+"""`flux serve`: the worker pool, per-worker recording proxies, the HTTP front and the shipper,
+wired together for one app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flux_proxy.urls import BadUpstreamURL, discover_upstreams, proxy_url, redact
+from flux_runtime.front import Front
+from flux_runtime.pool import PoolHooks, WorkerPool
+from flux_runtime.recorder import SlotRecorder
+from flux_runtime.shipper import Batch, Shipper, Spool
+from flux_runtime.worker import WorkerSlotSettings
+from flux_server.client import FluxClient, server_address
+from flux_server.records import Execution, Outcome
+
+DEFAULT_WORKERS = 2
+
+
+class ServeError(Exception):
+    """A reason `flux serve` cannot run, as one line."""
+
+
+def flux_home() -> Path:
+    return Path(os.environ.get("FLUX_HOME") or Path.home() / ".flux")
+
+
+@dataclass
+class ServeOptions:
+    app: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = DEFAULT_WORKERS
+    server: str | None = None
+    sample: float = 1.0
+    deno_args: Sequence[str] = ()
+    echo_output: bool = True
+
+
+def check_upstreams(env: dict[str, str]) -> dict[str, str]:
+    upstreams = discover_upstreams(env)
+    for var, url in upstreams.items():
+        try:
+            proxy_url(url, "127.0.0.1", 1)
+        except (BadUpstreamURL, ValueError) as exc:
+            raise ServeError(f"bad upstream URL in {var}: {redact(url)} ({exc})") from None
+    return upstreams
+
+
+class Runtime:
+    """One `flux serve` process."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        self.options = options
+        self.app = Path(options.app).expanduser().absolute()
+        self.upstreams: dict[str, str] = {}
+        self.slots: list[SlotRecorder] = []
+        self.client: FluxClient | None = None
+        self.embedded: Any = None
+        self.shipper: Shipper | None = None
+        self.pool: WorkerPool | None = None
+        self.front: Front | None = None
+
+    async def start(self) -> None:
+        if not self.app.is_file():
+            raise ServeError(f"app file not found: {self.app}")
+        self.upstreams = check_upstreams(dict(os.environ))
+        await self._connect_server()
+        assert self.client is not None
+        client = self.client
+
+        async def send(batch: Batch) -> None:
+            await client.record_batch(batch.executions, batch.boots)
+
+        self.shipper = Shipper(send, Spool(flux_home() / "spool"))
+        self.shipper.start()
+        self.slots = [SlotRecorder(i, self.upstreams) for i in range(self.options.workers)]
+        for slot in self.slots:
+            await slot.start()
+        self.pool = WorkerPool(
+            self.app, workers=self.options.workers, deno_args=self.options.deno_args,
+            worker_settings=lambda i: WorkerSlotSettings(env=self.slots[i].env()),
+            echo_output=self.options.echo_output, hooks=self._hooks())
+        self.front = Front(self.pool, host=self.options.host, port=self.options.port)
+        await self.front.start()  # first, so a port in use fails before Deno starts
+        await self.pool.start()
+
+    async def _connect_server(self) -> None:
+        address = server_address(self.options.server)
+        self.client = FluxClient(address)
+        if await self.client.answers(timeout=1.0):
+            return
+        from flux_server.server import start_embedded_server
+
+        self.embedded = await start_embedded_server(address)
+        print(f"flux: no record server answered at {address}; started an embedded one "
+              f"({self.embedded.store.description})", file=sys.stderr, flush=True)
+
+    def _hooks(self) -> PoolHooks:
+        def starting(worker: Any) -> None:
+            self.slots[worker.index].new_boot(worker.boot_id, worker.id, str(self.app))
+
+        def ready(worker: Any) -> None:
+            boot = self.slots[worker.index].boot
+            if boot is not None and self.shipper is not None:
+                self.shipper.submit_boot(boot)
+
+        def before(worker: Any, execution_id: str) -> None:
+            self.slots[worker.index].tag(execution_id)
+
+        def after(worker: Any, execution: Execution) -> None:
+            slot = self.slots[worker.index]
+            slot.tag(None)
+            execution.exchanges = slot.take(execution.id)
+            execution.boot_id = worker.boot_id or None
+            execution.upstreams = {var: redact(url) for var, url in self.upstreams.items()}
+
+        def finished(execution: Execution) -> None:
+            if self.shipper is None:
+                return
+            if execution.outcome is Outcome.OK and random.random() >= self.options.sample:
+                return  # --sample: errors and 5xx are always kept
+            self.shipper.submit_execution(execution)
+
+        return PoolHooks(worker_starting=starting, worker_ready=ready, before_dispatch=before,
+                         after_completion=after, on_execution=finished)
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight requests, flush records, stop workers."""
+        if self.front is not None:
+            await self.front.stop()
+        if self.pool is not None:
+            await self.pool.stop()
+        for slot in self.slots:
+            await slot.close()
+        if self.shipper is not None:
+            await self.shipper.close()
+        if self.client is not None:
+            await self.client.close()
+        if self.embedded is not None:
+            await self.embedded.stop()
+
+
+async def serve_forever(options: ServeOptions) -> None:
+    runtime = Runtime(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runtime.start()
+        assert runtime.front is not None
+        print(f"flux: serving {runtime.app} on http://{options.host}:{runtime.front.port} "
+              f"({options.workers} workers)", flush=True)
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await runtime.stop()
