@@ -101,7 +101,9 @@ class Runtime:
             return
         from flux_server.server import start_embedded_server
 
+        await self.client.close()  # its channel is in backoff after the failed attempt
         self.embedded = await start_embedded_server(address)
+        self.client = FluxClient(address)
         print(f"flux: no record server answered at {address}; started an embedded one "
               f"({self.embedded.store.description})", file=sys.stderr, flush=True)
 

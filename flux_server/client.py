@@ -30,6 +30,7 @@ from flux_server.service import (
     AUTHENTICATION_FAILED,
     CANDIDATES_METADATA_KEY,
     STORE_UNAVAILABLE_PREFIX,
+    TAIL_SUBSCRIBED,
     TOKEN_METADATA_KEY,
     bearer,
 )
@@ -118,13 +119,17 @@ class FluxClient:
 
     def translate(self, exc: grpc.aio.AioRpcError) -> FluxClientError:
         """A status from the server (or from gRPC itself) as one of the client's errors."""
-        code, details = exc.code(), (exc.details() or "").strip()
+        return self.translate_status(exc.code(), exc.details(), exc.trailing_metadata())
+
+    def translate_status(self, code: grpc.StatusCode, details: str | None,
+                         trailing_metadata: Any) -> FluxClientError:
+        details = (details or "").strip()
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return AuthenticationFailed()
         if code == grpc.StatusCode.NOT_FOUND:
             return NotFound(details)
         if code == grpc.StatusCode.FAILED_PRECONDITION:
-            trailing = dict(exc.trailing_metadata() or ())
+            trailing = dict(trailing_metadata or ())
             candidates = [c for c in str(trailing.get(CANDIDATES_METADATA_KEY, "")).split(",")
                           if c]
             return AmbiguousId(details, candidates)
@@ -187,9 +192,14 @@ class TailStream:
 
     async def started(self) -> None:
         try:
-            await self._call.initial_metadata()
+            metadata = dict(await self._call.initial_metadata() or ())
         except grpc.aio.AioRpcError as exc:
             raise self._client.translate(exc) from None
+        if metadata.get(TAIL_SUBSCRIBED[0][0]) != TAIL_SUBSCRIBED[0][1]:
+            # the call ended before subscribing (e.g. refused); report why
+            raise self._client.translate_status(await self._call.code(),
+                                                await self._call.details(),
+                                                await self._call.trailing_metadata())
 
     def __aiter__(self) -> TailStream:
         return self

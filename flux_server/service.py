@@ -45,6 +45,7 @@ TOKEN_METADATA_KEY = "authorization"
 CANDIDATES_METADATA_KEY = "flux-candidates"
 AUTHENTICATION_FAILED = "authentication failed"
 STORE_UNAVAILABLE_PREFIX = "record store unavailable"
+TAIL_SUBSCRIBED = (("flux-tail", "subscribed"),)
 
 
 def bearer(token: str) -> str:
@@ -140,7 +141,7 @@ class FluxService(pb_grpc.FluxServicer):
         flt = await self._filter(request.filter, context)
         subscription = self.store.subscribe()
         await self.store.ready_for_tail()
-        await context.send_initial_metadata(())  # the client now knows it is subscribed
+        await context.send_initial_metadata(TAIL_SUBSCRIBED)  # the client knows it is on
         async for summary in subscription:
             if not flt.matches(summary):
                 continue

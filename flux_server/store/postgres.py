@@ -202,7 +202,7 @@ class PostgresStore(Store):
                 async with pool.acquire(timeout=self._connect_timeout) as conn:
                     return await operation(conn)
             except CONNECTION_ERRORS as exc:
-                pool.expire_connections()
+                await pool.expire_connections()
                 if attempt == 2:
                     raise self._unavailable(exc) from exc
             except RETRYABLE_WRITE_ERRORS:

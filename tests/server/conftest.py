@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -49,3 +49,30 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path,
     await opened.open()
     yield opened
     await opened.close()
+
+
+def pg_ctl(cluster: PgCluster, action: str) -> None:
+    """Stops or starts a cluster in place (PgCluster.stop would delete its data).
+
+    A fast stop, not immediate: the test clusters run with synchronous_commit off, so an
+    immediate stop could lose the last commits, which is the cluster's choice, not Flux's."""
+    import subprocess
+
+    from tests.services import _as_postgres_user, pg_bindir
+
+    assert cluster._dir is not None
+    data = str(cluster._dir / "data")
+    command = [str(pg_bindir() / "pg_ctl"), "-D", data, "-w"]
+    if action == "stop":
+        command += ["-m", "fast", "stop"]
+    else:
+        command += ["-l", str(cluster._dir / "server.log"), "start"]
+    subprocess.run(_as_postgres_user(command), check=True, capture_output=True)
+
+
+@pytest.fixture
+def own_pg() -> Iterator[PgCluster]:
+    """A cluster of this test's own, which it may stop and start."""
+    cluster = PgCluster(users=(), tls=False).start()
+    yield cluster
+    cluster.stop()

@@ -85,10 +85,9 @@ def make_failed_execution(message: str = "duplicate key value violates unique co
     overrides.setdefault("status", 500)
     overrides.setdefault("method", "POST")
     overrides.setdefault("path", "/orders")
-    return make_execution(
-        error=ErrorInfo(name="PostgresError", message=message,
-                        stack=f"PostgresError: {message}\n    at createOrder (/srv/app/orders.ts:12:5)"),
-        **overrides)
+    stack = f"PostgresError: {message}\n    at createOrder (/srv/app/orders.ts:12:5)"
+    return make_execution(error=ErrorInfo(name="PostgresError", message=message, stack=stack),
+                          **overrides)
 
 
 def make_replay(parent: Execution, **overrides: Any) -> Execution:
