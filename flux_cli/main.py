@@ -15,6 +15,7 @@ COMMANDS = {
     "tail": "flux_cli.views:tail_command",
     "trace": "flux_cli.views:trace_command",
     "why": "flux_cli.views:why_command",
+    "replay": "flux_cli.replay:replay_command",
 }
 
 
