@@ -264,6 +264,7 @@ class WorkerPool:
         error: ErrorInfo | None = None
         report: ShimReport | None = None
         report_future = worker.report(execution_id)
+        generation, boot_id = worker.starts, worker.boot_id  # a crash starts a new boot
         await call_hook(self.hooks.before_dispatch, worker, execution_id)
         try:
             if determinism is not None:
@@ -289,7 +290,7 @@ class WorkerPool:
             await sink.finish()
             report = await asyncio.wait_for(asyncio.shield(report_future), self.report_timeout)
         except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
-            error = await self._failure(worker, exc)
+            error = await self._failure(worker, generation, exc)
             if not sink.started:
                 status = 502
                 response_headers = [("content-type", "text/plain; charset=utf-8"),
@@ -315,19 +316,21 @@ class WorkerPool:
             console=report.console if report else [],
             determinism=report.determinism if report else [],
             mode=self.mode, app_path=str(self.app), flux_version=flux_version(),
-            deno_version=self.deno_version, worker_id=worker.id, boot_id=worker.boot_id or None,
+            deno_version=self.deno_version, worker_id=worker.id, boot_id=boot_id or None,
         )
         return ExecutionResult(execution=execution, report=report)
 
-    async def _failure(self, worker: Worker, exc: BaseException) -> ErrorInfo:
+    async def _failure(self, worker: Worker, generation: int, exc: BaseException) -> ErrorInfo:
         """What went wrong with the worker: it died (restart follows), or it did not report."""
-        if isinstance(exc, TimeoutError) and not worker.exited:
+        wait = 0.0 if isinstance(exc, TimeoutError) else 2.0
+        ended = await worker.wait_exit(generation, wait)
+        if ended is not None:
+            return ErrorInfo(name="WorkerCrashed",
+                             message=f"{ended.message} while serving the request",
+                             stack=ended.stderr)
+        if isinstance(exc, TimeoutError):
             return ErrorInfo(name="FluxReportMissing",
                              message=f"worker {worker.id} sent no report for the request "
                                      f"within {self.report_timeout:g}s")
-        if await worker.wait_exit(2.0):
-            return ErrorInfo(name="WorkerCrashed",
-                             message=f"{worker.exit_message()} while serving the request",
-                             stack="\n".join(worker.stderr_tail))
         return ErrorInfo(name="WorkerConnectionError",
                          message=f"worker {worker.id}: {type(exc).__name__}: {exc}")

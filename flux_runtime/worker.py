@@ -71,12 +71,22 @@ def deno_error_line(lines: Sequence[str]) -> str | None:
     for index, line in enumerate(lines):
         if line.startswith("error:"):
             message = line.removeprefix("error:").strip()
-            for follow in lines[index + 1:index + 4]:
+            for follow in lines[index + 1:index + 8]:
                 stripped = follow.strip()
                 if stripped.startswith("at "):
                     return f"{message} ({stripped})"
             return message
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessExit:
+    """How one process of a slot ended, kept after the slot has started its successor."""
+
+    generation: int
+    returncode: int | None
+    message: str  # one line
+    stderr: str  # Deno's last words, whole
 
 
 class Worker:
@@ -98,6 +108,8 @@ class Worker:
         self._reports: dict[str, asyncio.Future[ShimReport]] = {}
         self._primed: dict[str, asyncio.Future[None]] = {}
         self._stopping = False
+        self._exits: dict[int, ProcessExit] = {}
+        self._exit_events: dict[int, asyncio.Event] = {}
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self.port = 0
         self.boot_id = ""  # fresh for every process start: the boot record's id
@@ -160,10 +172,14 @@ class Worker:
         self.port = free_port()
         self.boot_id = str(uuid.uuid4())
         self.starts += 1
+        generation = self.starts
         self.ready = False
         self.returncode = None
         self._stopping = False
-        self._exited = asyncio.Event()
+        self._exited = self._exit_events[generation] = asyncio.Event()
+        for old in [g for g in self._exit_events if g < generation - 4]:
+            self._exit_events.pop(old, None)
+            self._exits.pop(old, None)
         self.stderr_tail.clear()
         loop = asyncio.get_running_loop()
         self._listening = loop.create_future()
@@ -181,7 +197,8 @@ class Worker:
             asyncio.create_task(self._drain(process.stdout, sys.stdout, keep=False)),
             asyncio.create_task(self._drain(process.stderr, sys.stderr, keep=True)),
         ]
-        self._tasks.append(asyncio.create_task(self._watch(process, self._tasks[:2])))
+        self._tasks.append(asyncio.create_task(self._watch(process, generation,
+                                                           self._tasks[:2])))
         waiter = asyncio.ensure_future(self._exited.wait())
         try:
             done, _ = await asyncio.wait({self._listening, waiter},
@@ -225,15 +242,17 @@ class Worker:
     def exited(self) -> bool:
         return self._exited.is_set()
 
-    async def wait_exit(self, timeout: float) -> bool:
-        """True if the process has exited (waiting up to `timeout` for it)."""
-        if self._exited.is_set():
-            return True
-        try:
-            await asyncio.wait_for(self._exited.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+    async def wait_exit(self, generation: int, timeout: float) -> ProcessExit | None:
+        """How process `generation` ended, waiting up to `timeout`; None if it still runs."""
+        event = self._exit_events.get(generation)
+        if event is None:
+            return self._exits.get(generation)
+        if not event.is_set():
+            try:
+                await asyncio.wait_for(event.wait(), timeout)
+            except TimeoutError:
+                return None
+        return self._exits.get(generation)
 
     def exit_message(self, before_ready: bool = False) -> str:
         """One line: Deno's own error when it printed one, else the exit code and last words."""
@@ -318,14 +337,16 @@ class Worker:
                 echo.write(f"[{self.id}] {line}\n")
                 echo.flush()
 
-    async def _watch(self, process: asyncio.subprocess.Process,
+    async def _watch(self, process: asyncio.subprocess.Process, generation: int,
                      drains: list[asyncio.Task[Any]]) -> None:
         self.returncode = await process.wait()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*drains), 2.0)
         was_serving = self.ready
         self.ready = False
-        self._exited.set()
+        self._exits[generation] = ProcessExit(generation, self.returncode, self.exit_message(),
+                                              "\n".join(self.stderr_tail))
+        self._exit_events[generation].set()
         error = WorkerExited(self.exit_message())
         for future in list(self._reports.values()) + list(self._primed.values()):
             if not future.done():

@@ -1,0 +1,171 @@
+"""The pool under load and under failure: attribution, crashes, start errors, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from flux_runtime.pool import WorkerPool
+from flux_runtime.worker import WorkerSlotSettings, WorkerStartError
+from tests.runtime.conftest import APPS, DENO_DIR, FIXTURES, serving
+
+
+async def test_fifty_concurrent_requests_over_four_workers_keep_their_own_console() -> None:
+    async with serving(APPS["hono"], workers=4) as served:
+        async def one(tag: int) -> tuple[str, bytes]:
+            async with served.client.get(f"{served.front.url}/work?tag=t{tag}") as response:
+                assert response.status == 200
+                return response.headers["x-flux-execution-id"], await response.read()
+
+        results = await asyncio.gather(*(one(tag) for tag in range(50)))
+        executions = [await served.record(execution_id) for execution_id, _ in results]
+
+    assert len({execution.id for execution in executions}) == 50
+    for tag, (execution, (_, body)) in enumerate(zip(executions, results, strict=True)):
+        assert body == f"done t{tag}".encode()
+        assert [(c.level, c.text) for c in execution.console] == [
+            ("log", f"start t{tag}"), ("info", f"middle t{tag}"), ("warn", f"end t{tag}")]
+        assert [e.kind for e in execution.determinism] == ["math_random", "math_random"]
+    by_worker: dict[str, list[tuple[float, float]]] = {}
+    for execution in executions:
+        by_worker.setdefault(execution.worker_id, []).append(
+            (execution.started_at, execution.started_at + execution.duration))
+    assert sorted(by_worker) == ["w0", "w1", "w2", "w3"]
+    for spans in by_worker.values():  # one request at a time per worker
+        spans.sort()
+        assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
+
+
+async def test_worker_crash_mid_request_is_a_502_an_error_record_and_a_restart() -> None:
+    async with serving(APPS["deno_serve"], workers=1) as served:
+        worker = served.pool.workers[0]
+        first_pid = worker.pid
+        async with served.client.get(served.front.url + "/crash") as response:
+            assert response.status == 502
+            assert b"worker crash" in await response.read()
+            crashed = await served.execution(response)
+        assert crashed.status == 502
+        assert crashed.outcome.value == "error"
+        assert crashed.error is not None and crashed.error.name == "WorkerCrashed"
+        assert "worker crash" in crashed.error.message
+        assert "\n" not in crashed.error.message
+        assert "worker crash" in crashed.error.stack  # Deno's whole stderr tail
+
+        async with served.client.get(served.front.url + "/hello?name=after") as response:
+            assert response.status == 200  # waited in the queue for the restarted worker
+            assert json.loads(await response.read())["hello"] == "after"
+            after = await served.execution(response)
+        assert worker.pid != first_pid and worker.starts == 2
+        assert after.boot_id != crashed.boot_id  # a new process is a new boot
+        assert served.pool.crashes == 1
+
+
+async def test_missing_app_file_is_a_one_line_error(tmp_path: Path) -> None:
+    pool = WorkerPool(tmp_path / "nope.ts", workers=2, deno_dir=DENO_DIR)
+    with pytest.raises(WorkerStartError) as raised:
+        await pool.start()
+    assert str(raised.value) == f"app file not found: {tmp_path / 'nope.ts'}"
+
+
+async def test_module_error_is_one_line_with_denos_message(tmp_path: Path) -> None:
+    pool = WorkerPool(FIXTURES / "module_error_app.ts", workers=1, deno_dir=DENO_DIR)
+    with pytest.raises(WorkerStartError) as raised:
+        await pool.start()
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "Module not found" in message and "does_not_exist.ts" in message
+    assert message.startswith(str(FIXTURES / "module_error_app.ts"))
+
+    broken = tmp_path / "broken.ts"
+    broken.write_text("const x = ;\nDeno.serve(() => new Response('x'));\n")
+    pool = WorkerPool(broken, workers=1, deno_dir=DENO_DIR)
+    with pytest.raises(WorkerStartError) as raised:
+        await pool.start()
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "Expression expected" in message and "broken.ts:1" in message
+
+
+async def test_app_that_never_listens_is_an_error(tmp_path: Path) -> None:
+    quiet = tmp_path / "quiet.ts"
+    quiet.write_text("console.log('no server here');\n")
+    pool = WorkerPool(quiet, workers=1, deno_dir=DENO_DIR)
+    with pytest.raises(WorkerStartError) as raised:
+        await pool.start()
+    assert "exited with code 0 before serving HTTP" in str(raised.value)
+
+
+LISTEN_FORMS = {
+    "handler_only": "Deno.serve((_req) => new Response('handler_only'));",
+    "options_and_handler": "Deno.serve({ port: PORT, hostname: '0.0.0.0' }, "
+                           "() => new Response('options_and_handler'));",
+    "handler_in_options": "Deno.serve({ port: PORT, onListen() { console.log('up'); },"
+                          " handler: () => new Response('handler_in_options') });",
+    "fetch_object": "class App { fetch(_req: Request) { return new Response('fetch_object'); } }\n"
+                    "Deno.serve(new App());",
+    "node_http": "import http from 'node:http';\n"
+                 "http.createServer((_q, s) => s.end('node_http'))"
+                 ".listen({ port: PORT, host: '0.0.0.0' });",
+    "node_http_port_host_cb": "import { createServer } from 'node:http';\n"
+                              "createServer((_q, s) => s.end('node_http_port_host_cb'))"
+                              ".listen(PORT, '0.0.0.0', () => console.log('up'));",
+}
+
+
+def hard_coded_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("form", sorted(LISTEN_FORMS))
+async def test_every_listen_form_is_moved_to_the_worker_port(form: str, tmp_path: Path) -> None:
+    own_port = hard_coded_port()
+    app = tmp_path / f"{form}.ts"
+    app.write_text(LISTEN_FORMS[form].replace("PORT", str(own_port)) + "\n")
+    async with serving(app, workers=2) as served:
+        for _ in range(2):
+            async with served.client.get(served.front.url + "/") as response:
+                assert await response.read() == form.encode()
+                execution = await served.execution(response)
+                assert execution.status == 200
+        with socket.socket() as probe:  # the app's own port was never bound
+            assert probe.connect_ex(("127.0.0.1", own_port)) != 0
+
+
+async def test_per_worker_environment_overrides(tmp_path: Path) -> None:
+    app = tmp_path / "env.ts"
+    app.write_text("Deno.serve(async () => {\n"
+                   "  await new Promise((resolve) => setTimeout(resolve, 50));\n"
+                   "  return new Response(Deno.env.get('DATABASE_URL') ?? 'unset');\n"
+                   "});\n")
+
+    def settings(index: int) -> WorkerSlotSettings:
+        url = f"postgres://app@127.0.0.1:{7000 + index}/db"
+        return WorkerSlotSettings(env={"DATABASE_URL": url})
+
+    async with serving(app, workers=2, worker_settings=settings) as served:
+        results = await asyncio.gather(served.pool.execute("GET", "/"),
+                                       served.pool.execute("GET", "/"))
+    assert sorted((r.execution.worker_id, r.body.decode()) for r in results) == [
+        ("w0", "postgres://app@127.0.0.1:7000/db"), ("w1", "postgres://app@127.0.0.1:7001/db")]
+
+
+async def test_graceful_shutdown_finishes_in_flight_requests() -> None:
+    async with serving(APPS["deno_serve"], workers=1) as served:
+        in_flight = asyncio.create_task(
+            served.client.get(served.front.url + "/work?tag=last"))
+        while served.pool._in_flight == 0:  # the request reached the worker
+            await asyncio.sleep(0.005)
+        await served.front.stop()
+        response = await in_flight
+        assert response.status == 200
+        assert await response.read() == b"done last"
+        response.release()
+        await served.pool.stop()
+        assert all(worker.exited for worker in served.pool.workers)
