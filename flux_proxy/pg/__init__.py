@@ -1,5 +1,7 @@
 """Postgres v3 protocol: sans-IO codec, session state, and the recording proxy."""
 
+from collections.abc import Callable
+
 from flux_proxy.pg.codec import (
     BackendParser,
     FrameSplitter,
@@ -22,8 +24,9 @@ __all__ = [
 ]
 
 
-async def run_standalone(upstream: str, listen: str, record_path: str | None) -> None:
+async def run_standalone(upstream: str, listen: str, record_path: str | None,
+                         on_listening: Callable[[int], None] | None = None) -> None:
     """Run a recording proxy forever (the `flux proxy pg` command); see proxy.py."""
     from flux_proxy.pg.proxy import run_standalone as run
 
-    await run(upstream, listen, record_path)
+    await run(upstream, listen, record_path, on_listening)

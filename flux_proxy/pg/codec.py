@@ -99,6 +99,13 @@ class FrameSplitter:
         self._need = need
         return frames
 
+    def take_pending(self) -> bytes:
+        """Hand over the buffered partial frame (when another reader takes the stream)."""
+        data = bytes(self._buf)
+        self._buf = bytearray()
+        self._need = 5
+        return data
+
     def eof(self) -> None:
         """The stream ended: a partially received message is an error."""
         if self._buf:
@@ -505,6 +512,9 @@ class BackendParser:
 
     def feed_messages(self, data: bytes) -> list[m.BackendMessage]:
         return [decode_backend(f) for f in self._splitter.feed(data)]
+
+    def take_pending(self) -> bytes:
+        return self._splitter.take_pending()
 
     def eof(self) -> None:
         self._splitter.eof()
