@@ -14,6 +14,9 @@ from flux_server.filters import FilterError, parse_duration
 from flux_server.server import DEFAULT_LISTEN, FluxServer, ServerStartError, build_server
 from flux_server.store import StoreError, resolve_database_url
 
+# gRPC's core logs bind failures itself; the user gets our one-line message instead.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 
 def fail(message: str) -> None:
     click.echo(f"flux-server: {message}", err=True)

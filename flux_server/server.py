@@ -10,6 +10,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -55,6 +56,23 @@ def check_listen_allowed(host: str, token: str | None) -> None:
             "same value), or listen on 127.0.0.1")
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Binds once ourselves, so a busy port is our one-line error rather than gRPC's log."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ServerStartError(f"cannot listen on {host}:{port}: {exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ServerStartError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 class FluxServer:
     """One flux-server: a store, the gRPC service over it, and the retention schedule."""
 
@@ -79,6 +97,7 @@ class FluxServer:
     async def start(self) -> None:
         """Binds and serves. A store that is down does not stop the start: calls answer
         UNAVAILABLE until it is back, and `store_error` says why."""
+        check_port_free(self.host, self.port)
         try:
             await self.store.open()
         except StoreUnavailable as exc:
