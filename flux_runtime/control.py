@@ -34,6 +34,7 @@ class ShimReport:
     fallbacks: dict[str, int] = field(default_factory=dict)
     # per kind: recorded values the request never asked for
     unused: dict[str, int] = field(default_factory=dict)
+    crashed: bool = False  # an uncaught error ended the worker while serving this request
 
     @classmethod
     def from_message(cls, message: Message) -> ShimReport:
@@ -50,6 +51,7 @@ class ShimReport:
             replayed=bool(message.get("replayed")),
             fallbacks={str(k): int(v) for k, v in (message.get("fallbacks") or {}).items()},
             unused={str(k): int(v) for k, v in (message.get("unused") or {}).items()},
+            crashed=bool(message.get("crashed")),
         )
 
 

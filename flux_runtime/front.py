@@ -134,6 +134,8 @@ class Front:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path, _, query = request.raw_path.partition("?")
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/%d.%d 100 Continue\r\n\r\n" % request.version)
         body = request.content.iter_chunked(READ_CHUNK) if request.body_exists else None
         sink = ClientSink(request)  # type: ignore[arg-type]
         await self.pool.serve(IncomingRequest(method=request.method, path=path, query=query,

@@ -269,7 +269,9 @@ class WorkerPool:
         try:
             if determinism is not None:
                 await worker.prime(execution_id, determinism)
-            forwarded = [*end_to_end(request.headers), (EXECUTION_HEADER, execution_id)]
+            forwarded = [*((name, value) for name, value in end_to_end(request.headers)
+                           if name.lower() != EXECUTION_HEADER),  # only the front sets it
+                         (EXECUTION_HEADER, execution_id)]
             body: Any = None
             if isinstance(request.body, bytes):
                 request_capture.feed(request.body)
@@ -291,6 +293,9 @@ class WorkerPool:
             report = await asyncio.wait_for(asyncio.shield(report_future), self.report_timeout)
         except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
             error = await self._failure(worker, generation, exc)
+            if error.name == "WorkerCrashed":  # its last report may still be in the socket
+                await asyncio.wait({report_future}, timeout=0.5)
+            report = self._last_words(report_future)
             if not sink.started:
                 status = 502
                 response_headers = [("content-type", "text/plain; charset=utf-8"),
@@ -305,7 +310,10 @@ class WorkerPool:
         finally:
             worker.forget(execution_id)
         if report is not None and report.error is not None:
-            error = report.error
+            if error is None:
+                error = report.error
+            else:  # a crash: keep Flux's one-line account, with the app's own stack
+                error.stack = report.error.stack or error.stack
         execution = Execution(
             id=execution_id, started_at=started_at, duration=time.perf_counter() - clock,
             method=request.method, path=request.path, query=request.query,
@@ -319,6 +327,14 @@ class WorkerPool:
             deno_version=self.deno_version, worker_id=worker.id, boot_id=boot_id or None,
         )
         return ExecutionResult(execution=execution, report=report)
+
+    @staticmethod
+    def _last_words(report_future: asyncio.Future[ShimReport]) -> ShimReport | None:
+        """The report a crashing worker managed to send before it died, if any."""
+        if report_future.done() and not report_future.cancelled() \
+                and report_future.exception() is None:
+            return report_future.result()
+        return None
 
     async def _failure(self, worker: Worker, generation: int, exc: BaseException) -> ErrorInfo:
         """What went wrong with the worker: it died (restart follows), or it did not report."""

@@ -134,7 +134,7 @@ function begin(id: string): RequestContext {
   return current;
 }
 
-function finish(ctx: RequestContext): void {
+function finish(ctx: RequestContext, crashed = false): void {
   if (ctx.finished) return;
   ctx.finished = true;
   if (current === ctx) current = null;
@@ -149,6 +149,7 @@ function finish(ctx: RequestContext): void {
     replayed: ctx.replay !== null,
     fallbacks: ctx.fallbacks,
     unused,
+    crashed,
   });
 }
 
@@ -473,6 +474,46 @@ function installNodeHttp(): void {
 }
 
 if (controlPort > 0) installNodeHttp();
+
+// ---------------------------------------------------------------- fatal errors
+
+// An uncaught error while serving kills the worker, as it would kill the app. Before it does,
+// the request's report (console, the error with its stack) is sent, so the crash record is whole.
+// If the app's own listener handles the event, nothing changes.
+function onFatal(event: Event, error: unknown, inPromise: boolean): void {
+  const ctx = current;
+  if (ctx === null || event.defaultPrevented) return;
+  let appHandled = false;
+  const prevent = event.preventDefault.bind(event);
+  Object.defineProperty(event, "preventDefault", {
+    value: () => {
+      appHandled = true;
+      prevent();
+    },
+    configurable: true,
+  });
+  prevent();
+  queueMicrotask(() => { // every listener has run by now
+    if (appHandled) return;
+    ctx.error = errorInfo(error);
+    finish(ctx, true);
+    const shown = error instanceof Error ? withoutShimFrames(error.stack ?? String(error))
+      : Deno.inspect(error);
+    const text = `error: Uncaught ${inPromise ? "(in promise) " : ""}${shown}\n`;
+    writeChain.finally(() => {
+      Deno.stderr.writeSync(encoder.encode(text));
+      Deno.exit(1);
+    });
+  });
+}
+
+if (controlPort > 0) {
+  globalThis.addEventListener("error", (event) => onFatal(event, event.error, false));
+  globalThis.addEventListener(
+    "unhandledrejection",
+    (event) => onFatal(event, event.reason, true),
+  );
+}
 
 // ---------------------------------------------------------------- export default { fetch }
 

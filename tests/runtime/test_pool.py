@@ -54,7 +54,10 @@ async def test_worker_crash_mid_request_is_a_502_an_error_record_and_a_restart()
         assert crashed.error is not None and crashed.error.name == "WorkerCrashed"
         assert "worker crash" in crashed.error.message
         assert "\n" not in crashed.error.message
-        assert "worker crash" in crashed.error.stack  # Deno's whole stderr tail
+        # the shim reported before the worker died: the app's stack and the console lines
+        assert crashed.error.stack.startswith("Error: worker crash\n")
+        assert "behaviour.ts" in crashed.error.stack
+        assert [(c.level, c.text) for c in crashed.console] == [("log", "crashing")]
 
         async with served.client.get(served.front.url + "/hello?name=after") as response:
             assert response.status == 200  # waited in the queue for the restarted worker

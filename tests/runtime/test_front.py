@@ -1,0 +1,101 @@
+"""The front is transparent: the app sees the client's request, the client the app's response."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.runtime.conftest import Served, serving
+
+MIRROR_APP = """
+Deno.serve(async (request: Request) => {
+  const url = new URL(request.url);
+  if (url.pathname === "/exit") {
+    console.log("leaving");
+    Deno.exit(3);
+  }
+  if (url.pathname === "/empty") return new Response(null, { status: 204 });
+  const body = await request.text();
+  const headers: [string, string][] = [];
+  request.headers.forEach((value, name) => headers.push([name, value]));
+  const response = Response.json({ method: request.method, url: url.pathname + url.search,
+                                   headers, body });
+  response.headers.append("set-cookie", "a=1");
+  response.headers.append("set-cookie", "b=2");
+  return response;
+});
+"""
+
+
+@pytest.fixture(scope="module")
+async def mirror(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
+    app = Path(tmp_path_factory.mktemp("front")) / "mirror.ts"
+    app.write_text(MIRROR_APP)
+    async with serving(app, workers=1) as served:
+        yield served
+
+
+async def raw_exchange(served: Served, request: bytes) -> bytes:
+    """One request on a fresh connection, exactly these bytes; the whole answer."""
+    reader, writer = await asyncio.open_connection(served.front.host, served.front.port)
+    writer.write(request)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+
+async def test_app_sees_exactly_the_client_headers_and_body(mirror: Served) -> None:
+    answer = await raw_exchange(mirror, (
+        b"POST /m?q=1%202 HTTP/1.1\r\nHost: example.test\r\nX-One: 1\r\nX-One: 2\r\n"
+        b"x-flux-execution-id: forged\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+        b"Connection: close\r\n\r\nhello"))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    seen = json.loads(body)
+    assert seen["method"] == "POST" and seen["url"] == "/m?q=1%202" and seen["body"] == "hello"
+    assert seen["headers"] == [["content-length", "5"], ["content-type", "text/plain"],
+                               ["host", "example.test"], ["x-one", "1, 2"]]
+    lines = head.decode().lower().split("\r\n")
+    assert lines[0] == "http/1.1 200 ok"
+    assert [line for line in lines if line.startswith("set-cookie")] == [
+        "set-cookie: a=1", "set-cookie: b=2"]
+    assert not any(line.startswith("server:") for line in lines)
+    execution_id = next(line.split(": ")[1] for line in lines
+                        if line.startswith("x-flux-execution-id"))
+    execution = await mirror.record(execution_id)
+    assert execution.query == "q=1%202"
+    assert ("x-flux-execution-id", "forged") in execution.request_headers  # as the client sent
+    assert [v for k, v in execution.response_headers if k.lower() == "set-cookie"] == ["a=1", "b=2"]
+
+
+async def test_chunked_upload_head_and_empty_responses(mirror: Served) -> None:
+    answer = await raw_exchange(mirror, (
+        b"PUT /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"))
+    seen = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert seen["body"] == "abcde"
+    assert ["transfer-encoding", "chunked"] in seen["headers"]
+
+    async with mirror.client.head(mirror.front.url + "/h") as response:
+        assert response.status == 200 and await response.read() == b""
+        assert int(response.headers["content-length"]) > 0
+        assert (await mirror.execution(response)).method == "HEAD"
+    async with mirror.client.get(mirror.front.url + "/empty") as response:
+        assert response.status == 204
+        assert (await mirror.execution(response)).response_body == b""
+
+
+async def test_app_exiting_mid_request_is_a_502_and_the_next_request_is_served(
+        mirror: Served) -> None:
+    async with mirror.client.get(mirror.front.url + "/exit") as response:
+        assert response.status == 502
+        execution = await mirror.execution(response)
+    assert execution.error is not None and execution.error.name == "WorkerCrashed"
+    assert "exited with code 3" in execution.error.message
+    async with mirror.client.get(mirror.front.url + "/after") as response:
+        assert response.status == 200
+        assert json.loads(await response.read())["url"] == "/after"
