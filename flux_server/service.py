@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import NoReturn, TypeVar
 
 import grpc
 
 from flux_server.convert import (
-    batch_from_proto,
     boot_to_proto,
     execution_to_proto,
     filter_from_proto,
@@ -29,10 +27,12 @@ from flux_server.convert import (
 from flux_server.filters import ExecutionFilter, FilterError
 from flux_server.gen import flux_pb2 as pb
 from flux_server.gen import flux_pb2_grpc as pb_grpc
+from flux_server.ingest import MalformedRecord, prepare_batch_proto
 from flux_server.store import (
     AmbiguousPrefix,
     InvalidCursor,
     InvalidId,
+    InvalidRecord,
     Store,
     StoreUnavailable,
 )
@@ -78,7 +78,7 @@ class FluxService(pb_grpc.FluxServicer):
         except AmbiguousPrefix as exc:
             context.set_trailing_metadata(((CANDIDATES_METADATA_KEY, ",".join(exc.candidates)),))
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except (InvalidId, InvalidCursor, FilterError) as exc:
+        except (InvalidId, InvalidCursor, InvalidRecord, FilterError) as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     def _shielded_write(self, call: Awaitable[T]) -> asyncio.Future[T]:
@@ -100,13 +100,11 @@ class FluxService(pb_grpc.FluxServicer):
                           context: grpc.aio.ServicerContext) -> pb.RecordBatchResponse:
         await self._authenticate(context)
         try:
-            executions, boots = batch_from_proto(request)
-            for execution in executions:
-                execution.id = str(uuid.UUID(execution.id))
-        except (ValueError, KeyError, TypeError) as exc:
+            executions, boots = prepare_batch_proto(request)
+        except MalformedRecord as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed record: {exc}")
         counts = await self._store_call(
-            context, self._shielded_write(self.store.record_batch(executions, boots)))
+            context, self._shielded_write(self.store.record_prepared(executions, boots)))
         return pb.RecordBatchResponse(executions_stored=counts.executions,
                                       boots_stored=counts.boots)
 

@@ -11,6 +11,12 @@ from dataclasses import dataclass
 
 from flux_server.filters import ExecutionFilter
 from flux_server.records import BootRecord, Execution, ExecutionSummary
+from flux_server.store.rows import (
+    PreparedBoot,
+    PreparedExecution,
+    prepare_boot,
+    prepare_execution,
+)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -36,6 +42,10 @@ class AmbiguousPrefix(StoreError):
         self.candidates = candidates
         shown = ", ".join(candidates)
         super().__init__(f"id prefix {prefix} is ambiguous; candidates: {shown}")
+
+
+class InvalidRecord(StoreError, ValueError):
+    """The database refused a record's content (e.g. text that is not JSON)."""
 
 
 class InvalidCursor(StoreError, ValueError):
@@ -183,11 +193,17 @@ class Store(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
-    @abstractmethod
     async def record_batch(self, executions: Sequence[Execution],
                            boots: Sequence[BootRecord]) -> StoredCounts:
         """Stores what is new, ignores ids already stored, and announces new executions to
         every tail (on Postgres, of every server sharing the database)."""
+        return await self.record_prepared([prepare_execution(e) for e in executions],
+                                          [prepare_boot(b) for b in boots])
+
+    @abstractmethod
+    async def record_prepared(self, executions: Sequence[PreparedExecution],
+                              boots: Sequence[PreparedBoot]) -> StoredCounts:
+        """`record_batch` for rows already prepared (flux_server/ingest.py)."""
 
     @abstractmethod
     async def list(self, flt: ExecutionFilter, limit: int | None = None,

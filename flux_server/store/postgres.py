@@ -25,6 +25,7 @@ from flux_server.records import BootRecord, Execution, ExecutionSummary, Mode, O
 from flux_server.store.base import (
     MAX_AMBIGUOUS_CANDIDATES,
     AmbiguousPrefix,
+    InvalidRecord,
     Page,
     Store,
     StoredCounts,
@@ -47,12 +48,11 @@ from flux_server.store.rows import (
     EXCHANGE_COLUMNS,
     EXECUTION_COLUMNS,
     SUMMARY_COLUMNS,
+    PreparedBoot,
+    PreparedExecution,
     boot_from_rows,
-    console_row,
     dump,
-    exchange_row,
     execution_from_rows,
-    execution_row,
     summary_from_row,
 )
 
@@ -300,14 +300,17 @@ class PostgresStore(Store):
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def record_batch(self, executions: Sequence[Execution],
-                           boots: Sequence[BootRecord]) -> StoredCounts:
+    async def record_prepared(self, executions: Sequence[PreparedExecution],
+                              boots: Sequence[PreparedBoot]) -> StoredCounts:
         unique = list({e.id: e for e in executions}.values())
         unique_boots = list({b.id: b for b in boots}.values())
-        return await self._run(lambda conn: self._record(conn, unique, unique_boots))
+        try:
+            return await self._run(lambda conn: self._record(conn, unique, unique_boots))
+        except asyncpg.DataError as exc:
+            raise InvalidRecord(f"the database refused a record: {exc}") from exc
 
-    async def _record(self, conn: asyncpg.Connection, executions: list[Execution],
-                      boots: list[BootRecord]) -> StoredCounts:
+    async def _record(self, conn: asyncpg.Connection, executions: list[PreparedExecution],
+                      boots: list[PreparedBoot]) -> StoredCounts:
         await self._create_partitions(conn, {day_of(e.started_at) for e in executions})
         async with conn.transaction():
             existing: set[str] = set()
@@ -321,24 +324,23 @@ class PostgresStore(Store):
             new_boots = await self._insert_boots(conn, boots)
             if new:
                 await self._copy_executions(conn, new)
-                for payload in notify_payloads([ExecutionSummary.of(e) for e in new]):
+                for payload in notify_payloads([e.summary for e in new]):
                     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
         return StoredCounts(executions=len(new), boots=new_boots)
 
     @staticmethod
-    async def _copy_executions(conn: asyncpg.Connection, executions: list[Execution]) -> None:
+    async def _copy_executions(conn: asyncpg.Connection,
+                               executions: list[PreparedExecution]) -> None:
         await conn.copy_records_to_table(
             "executions", schema_name=SCHEMA, columns=EXECUTION_COLUMNS,
-            records=[execution_row(e) for e in executions])
-        exchanges = [(e.id, e.started_at, *exchange_row(i, x))
-                     for e in executions for i, x in enumerate(e.exchanges)]
+            records=[e.row for e in executions])
+        exchanges = [(e.id, e.started_at, *x) for e in executions for x in e.exchanges]
         if exchanges:
             await conn.copy_records_to_table(
                 "exchanges", schema_name=SCHEMA,
                 columns=("execution_id", "execution_started_at", *EXCHANGE_COLUMNS),
                 records=exchanges)
-        console = [(e.id, e.started_at, *console_row(i, c))
-                   for e in executions for i, c in enumerate(e.console)]
+        console = [(e.id, e.started_at, *c) for e in executions for c in e.console]
         if console:
             await conn.copy_records_to_table(
                 "console_lines", schema_name=SCHEMA,
@@ -346,7 +348,7 @@ class PostgresStore(Store):
                 records=console)
 
     @staticmethod
-    async def _insert_boots(conn: asyncpg.Connection, boots: list[BootRecord]) -> int:
+    async def _insert_boots(conn: asyncpg.Connection, boots: list[PreparedBoot]) -> int:
         if not boots:
             return 0
         inserted = await conn.fetch(
@@ -356,8 +358,7 @@ class PostgresStore(Store):
             [b.id for b in boots], [b.worker_id for b in boots], [b.app_path for b in boots],
             [b.started_at for b in boots])
         new_ids = {r[0] for r in inserted}
-        exchanges = [(b.id, *exchange_row(i, x)) for b in boots if b.id in new_ids
-                     for i, x in enumerate(b.exchanges)]
+        exchanges = [(b.id, *x) for b in boots if b.id in new_ids for x in b.exchanges]
         if exchanges:
             await conn.copy_records_to_table(
                 "boot_exchanges", schema_name=SCHEMA, columns=("boot_id", *EXCHANGE_COLUMNS),

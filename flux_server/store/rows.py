@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from flux_proxy.model import Exchange, Lifetime, Protocol, Source
@@ -50,7 +51,7 @@ def execution_row(e: Execution) -> tuple[Any, ...]:
         error.stack if error else None,
         dump([[d.kind, d.value] for d in e.determinism]), e.parent_id, e.mode.value,
         e.app_path, e.code_version, e.flux_version, e.deno_version, e.worker_id, e.boot_id,
-        dump(e.upstreams), e.replay_outcome,
+        dump(dict(sorted(e.upstreams.items()))), e.replay_outcome,
     )
 
 
@@ -64,6 +65,44 @@ def exchange_row(position: int, x: Exchange) -> tuple[Any, ...]:
 
 def console_row(position: int, c: ConsoleLine) -> tuple[Any, ...]:
     return (position, c.seq, c.offset, c.level, c.text)
+
+
+@dataclass(slots=True)
+class PreparedExecution:
+    """An execution as the rows a store writes, made from a record or straight from protobuf
+    (the ingest fast path, which never parses the JSON it only passes through)."""
+
+    id: str
+    started_at: float
+    row: tuple[Any, ...]  # EXECUTION_COLUMNS
+    exchanges: list[tuple[Any, ...]]  # EXCHANGE_COLUMNS
+    console: list[tuple[Any, ...]]  # CONSOLE_COLUMNS
+    summary: ExecutionSummary
+
+
+@dataclass(slots=True)
+class PreparedBoot:
+    id: str
+    worker_id: str
+    app_path: str
+    started_at: float
+    exchanges: list[tuple[Any, ...]]  # EXCHANGE_COLUMNS
+
+
+def prepare_execution(e: Execution) -> PreparedExecution:
+    summary = ExecutionSummary.of(e)
+    summary.method = summary.method.upper()  # as stored, so tails match what List shows
+    return PreparedExecution(
+        id=e.id, started_at=e.started_at, row=execution_row(e),
+        exchanges=[exchange_row(i, x) for i, x in enumerate(e.exchanges)],
+        console=[console_row(i, c) for i, c in enumerate(e.console)],
+        summary=summary)
+
+
+def prepare_boot(b: BootRecord) -> PreparedBoot:
+    return PreparedBoot(id=b.id, worker_id=b.worker_id, app_path=b.app_path,
+                        started_at=b.started_at,
+                        exchanges=[exchange_row(i, x) for i, x in enumerate(b.exchanges)])
 
 
 def _pairs(text: str) -> list[tuple[str, str]]:

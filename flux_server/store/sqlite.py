@@ -9,6 +9,7 @@ server writes the file.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 from collections.abc import Sequence
@@ -18,10 +19,11 @@ from typing import Any
 import aiosqlite
 
 from flux_server.filters import ExecutionFilter
-from flux_server.records import BootRecord, Execution, ExecutionSummary
+from flux_server.records import BootRecord, Execution
 from flux_server.store.base import (
     MAX_AMBIGUOUS_CANDIDATES,
     AmbiguousPrefix,
+    InvalidRecord,
     Page,
     Store,
     StoredCounts,
@@ -37,11 +39,10 @@ from flux_server.store.rows import (
     EXCHANGE_COLUMNS,
     EXECUTION_COLUMNS,
     SUMMARY_COLUMNS,
+    PreparedBoot,
+    PreparedExecution,
     boot_from_rows,
-    console_row,
-    exchange_row,
     execution_from_rows,
-    execution_row,
     summary_from_row,
 )
 
@@ -114,10 +115,25 @@ def unpack_frames(blob: bytes) -> list[bytes]:
     return frames
 
 
-def _sqlite_exchange_row(owner_id: str, position: int, exchange: Any) -> tuple[Any, ...]:
-    row = list(exchange_row(position, exchange))
-    row[8], row[9] = pack_frames(row[8]), pack_frames(row[9])
-    return (owner_id, *row)
+def _sqlite_exchange_row(owner_id: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (owner_id, *row[:8], pack_frames(row[8]), pack_frames(row[9]), *row[10:])
+
+
+JSON_EXECUTION_COLUMNS = [EXECUTION_COLUMNS.index(c) for c in (
+    "request_headers", "response_headers", "determinism", "upstreams")]
+JSON_EXCHANGE_COLUMNS = [EXCHANGE_COLUMNS.index(c) for c in ("request", "response")]
+
+
+def check_json(record: PreparedExecution | PreparedBoot) -> None:
+    """What Postgres' `json` type checks on input, so both stores refuse the same records."""
+    texts = [x[i] for x in record.exchanges for i in JSON_EXCHANGE_COLUMNS]
+    if isinstance(record, PreparedExecution):
+        texts += [record.row[i] for i in JSON_EXECUTION_COLUMNS]
+    for text in texts:
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            raise InvalidRecord(f"record {record.id} holds invalid JSON: {exc}") from None
 
 
 def _exchange_mapping(row: sqlite3.Row) -> dict[str, Any]:
@@ -190,16 +206,19 @@ class SqliteStore(Store):
                     await conn.close()
             self._writer = self._reader = None
 
-    async def record_batch(self, executions: Sequence[Execution],
-                           boots: Sequence[BootRecord]) -> StoredCounts:
+    async def record_prepared(self, executions: Sequence[PreparedExecution],
+                              boots: Sequence[PreparedBoot]) -> StoredCounts:
         writer, _ = await self._connections()
         unique = list({e.id: e for e in executions}.values())
+        unique_boots = list({b.id: b for b in boots}.values())
+        for record in (*unique, *unique_boots):
+            check_json(record)
         async with self._write_lock:
             try:
                 await writer.execute("BEGIN IMMEDIATE")
                 try:
                     new = await self._new_executions(writer, unique)
-                    new_boots = await self._insert_boots(writer, boots)
+                    new_boots = await self._insert_boots(writer, unique_boots)
                     await self._insert_executions(writer, new)
                     await writer.execute("COMMIT")
                 except BaseException:
@@ -207,12 +226,12 @@ class SqliteStore(Store):
                     raise
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"cannot write {self.path}: {exc}") from exc
-        self.hub.publish(ExecutionSummary.of(e) for e in new)
+        self.hub.publish(e.summary for e in new)
         return StoredCounts(executions=len(new), boots=new_boots)
 
     @staticmethod
     async def _new_executions(conn: aiosqlite.Connection,
-                              executions: list[Execution]) -> list[Execution]:
+                              executions: list[PreparedExecution]) -> list[PreparedExecution]:
         if not executions:
             return []
         ids = [e.id for e in executions]
@@ -226,21 +245,20 @@ class SqliteStore(Store):
 
     @staticmethod
     async def _insert_executions(conn: aiosqlite.Connection,
-                                 executions: list[Execution]) -> None:
+                                 executions: list[PreparedExecution]) -> None:
         await conn.executemany(_insert_sql("executions", EXECUTION_COLUMNS),
-                               [execution_row(e) for e in executions])
+                               [e.row for e in executions])
         await conn.executemany(
             _insert_sql("exchanges", ("execution_id", *EXCHANGE_COLUMNS)),
-            [_sqlite_exchange_row(e.id, i, x) for e in executions
-             for i, x in enumerate(e.exchanges)])
+            [_sqlite_exchange_row(e.id, x) for e in executions for x in e.exchanges])
         await conn.executemany(
             _insert_sql("console_lines", ("execution_id", *CONSOLE_COLUMNS)),
-            [(e.id, *console_row(i, c)) for e in executions for i, c in enumerate(e.console)])
+            [(e.id, *c) for e in executions for c in e.console])
 
     @staticmethod
-    async def _insert_boots(conn: aiosqlite.Connection, boots: Sequence[BootRecord]) -> int:
+    async def _insert_boots(conn: aiosqlite.Connection, boots: list[PreparedBoot]) -> int:
         stored = 0
-        for boot in {b.id: b for b in boots}.values():
+        for boot in boots:
             cursor = await conn.execute(
                 "INSERT OR IGNORE INTO boot_records (id, worker_id, app_path, started_at) "
                 "VALUES (?, ?, ?, ?)", (boot.id, boot.worker_id, boot.app_path, boot.started_at))
@@ -248,7 +266,7 @@ class SqliteStore(Store):
                 stored += 1
                 await conn.executemany(
                     _insert_sql("boot_exchanges", ("boot_id", *EXCHANGE_COLUMNS)),
-                    [_sqlite_exchange_row(boot.id, i, x) for i, x in enumerate(boot.exchanges)])
+                    [_sqlite_exchange_row(boot.id, x) for x in boot.exchanges])
         return stored
 
     async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:

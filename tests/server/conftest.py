@@ -10,6 +10,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from flux_server.client import FluxClient
+from flux_server.server import FluxServer
 from flux_server.store.base import Store
 from flux_server.store.postgres import PostgresStore
 from flux_server.store.sqlite import SqliteStore
@@ -49,6 +51,22 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path,
     await opened.open()
     yield opened
     await opened.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def server(request: pytest.FixtureRequest, tmp_path: Path,
+                 pg: PgCluster) -> AsyncIterator[FluxServer]:
+    url = await fresh_database(pg) if request.param == "postgres" else None
+    running = FluxServer(make_store(request.param, tmp_path, url), "127.0.0.1:0")
+    await running.start()
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def client(server: FluxServer) -> AsyncIterator[FluxClient]:
+    async with FluxClient(server.address) as connected:
+        yield connected
 
 
 def pg_ctl(cluster: PgCluster, action: str) -> None:

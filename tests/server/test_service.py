@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,27 +23,11 @@ from flux_server.records import ExecutionSummary, Outcome
 from flux_server.server import FluxServer, ServerStartError, start_embedded_server
 from flux_server.store.postgres import PostgresStore
 from flux_server.store.sqlite import SqliteStore
-from tests.server.conftest import fresh_database, make_store, pg_ctl
+from tests.server.conftest import fresh_database, pg_ctl
 from tests.server.factory import make_boot, make_execution, make_failed_execution, with_prefix
 from tests.services import PgCluster, free_port
 
 DAY = 86400.0
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def server(request: pytest.FixtureRequest, tmp_path: Path,
-                 pg: PgCluster) -> AsyncIterator[FluxServer]:
-    url = await fresh_database(pg) if request.param == "postgres" else None
-    running = FluxServer(make_store(request.param, tmp_path, url), "127.0.0.1:0")
-    await running.start()
-    yield running
-    await running.stop()
-
-
-@pytest.fixture
-async def client(server: FluxServer) -> AsyncIterator[FluxClient]:
-    async with FluxClient(server.address) as connected:
-        yield connected
 
 
 async def test_records_round_trip_through_the_api(client: FluxClient) -> None:

@@ -1,0 +1,111 @@
+"""Ingest benchmark: executions per second through flux-server's gRPC API, with batching.
+
+Each execution has 5 exchanges (4 Postgres, 1 Redis, raw frames included) and 2 console lines.
+The server runs as its own process (`python -m flux_server`), as in production; this process
+only sends pre-built RecordBatch requests, several in flight, and counts acknowledged
+executions. Postgres is a throwaway cluster (tests/services.py) unless --database-url is given.
+
+    .venv/bin/python bench/ingest.py [--executions 50000] [--batch 500] [--in-flight 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flux_server.convert import execution_to_proto
+from flux_server.gen import flux_pb2 as pb
+from flux_server.gen import flux_pb2_grpc as pb_grpc
+from tests.server.factory import make_execution
+from tests.services import PgCluster, free_port, wait_for_port
+
+
+def build_requests(total: int, batch: int) -> list[pb.RecordBatchRequest]:
+    now = time.time()
+    executions = [execution_to_proto(make_execution(started_at=now - i * 0.001))
+                  for i in range(total)]
+    return [pb.RecordBatchRequest(executions=executions[i:i + batch])
+            for i in range(0, total, batch)]
+
+
+async def send_all(address: str, requests: list[pb.RecordBatchRequest],
+                   in_flight: int) -> tuple[int, float]:
+    async with grpc.aio.insecure_channel(address, options=[
+            ("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
+        stub = pb_grpc.FluxStub(channel)
+        await stub.List(pb.ListRequest(limit=1))  # connected, store open
+        queue = list(reversed(requests))
+        stored = 0
+
+        async def worker() -> None:
+            nonlocal stored
+            while queue:
+                response = await stub.RecordBatch(queue.pop(), timeout=120)
+                stored += response.executions_stored
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        return stored, time.perf_counter() - started
+
+
+def run_one(label: str, server_args: list[str], env: dict[str, str],
+            requests: list[pb.RecordBatchRequest], in_flight: int) -> float:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "flux_server", "--listen",
+                               f"127.0.0.1:{port}", *server_args], env=env)
+    try:
+        wait_for_port(port)
+        stored, seconds = asyncio.run(send_all(f"127.0.0.1:{port}", requests, in_flight))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+    rate = stored / seconds
+    print(f"{label:9s} {stored:7d} executions in {seconds:6.2f} s = {rate:8.0f} executions/s",
+          flush=True)
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--executions", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument("--database-url", help="an existing Postgres (default: throwaway)")
+    parser.add_argument("--only", choices=["postgres", "sqlite"])
+    args = parser.parse_args()
+
+    print(f"building {args.executions} executions (5 exchanges, 2 console lines each) in "
+          f"batches of {args.batch}, {args.in_flight} in flight; {os.cpu_count()} cores",
+          flush=True)
+    requests = build_requests(args.executions, args.batch)
+    size = sum(r.ByteSize() for r in requests) / args.executions
+    print(f"{size:.0f} bytes per execution on the wire", flush=True)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FLUX_TOKEN", "FLUX_DATABASE_URL", "DATABASE_URL")}
+
+    if args.only in (None, "postgres"):
+        cluster = None if args.database_url else PgCluster(users=(), tls=False).start()
+        try:
+            url = args.database_url or cluster.url(database="postgres")  # type: ignore[union-attr]
+            run_one("postgres", ["--database-url", url], env, requests, args.in_flight)
+        finally:
+            if cluster is not None:
+                cluster.stop()
+    if args.only in (None, "sqlite"):
+        with tempfile.TemporaryDirectory() as home:
+            run_one("sqlite", [], {**env, "FLUX_HOME": home}, requests, args.in_flight)
+
+
+if __name__ == "__main__":
+    main()
