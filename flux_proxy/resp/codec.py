@@ -41,7 +41,14 @@ from flux_proxy.resp.values import (
 
 
 class ProtocolError(Exception):
-    """The peer sent bytes that are not RESP (or exceed a limit). The connection is unusable."""
+    """The peer sent bytes that are not RESP (or exceed a limit). The connection is unusable.
+
+    `frames` holds the complete frames a scanner found before the bad bytes, so a proxy can
+    still answer the commands that preceded the garbage, as redis-server does."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.frames: list[bytes] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +105,21 @@ class _Scanner:
         """Bytes of an unfinished frame held back; non-zero at EOF means a truncated frame."""
         return self._buffered
 
+    def feed(self, data: bytes) -> list[bytes]:
+        """The raw bytes of every frame that `data` completes, in order."""
+        buf = self._take(data)
+        if buf is None:
+            return []
+        frames: list[bytes] = []
+        try:
+            return self._scan(buf, frames)
+        except ProtocolError as exc:
+            exc.frames = frames
+            raise
+
+    def _scan(self, buf: bytes, frames: list[bytes]) -> list[bytes]:
+        raise NotImplementedError
+
     def _take(self, data: bytes) -> bytes | None:
         """Join `data` to the unfinished frame, or None while it still cannot progress."""
         if not self._chunks:
@@ -134,11 +156,7 @@ class ReplyScanner(_Scanner):
 
     __slots__ = ()
 
-    def feed(self, data: bytes) -> list[bytes]:
-        buf = self._take(data)
-        if buf is None:
-            return []
-        frames: list[bytes] = []
+    def _scan(self, buf: bytes, frames: list[bytes]) -> list[bytes]:
         kinds = _KIND_TABLE
         limits = self.limits
         end_of_buf = len(buf)
@@ -214,11 +232,7 @@ class CommandScanner(_Scanner):
 
     __slots__ = ()
 
-    def feed(self, data: bytes) -> list[bytes]:
-        buf = self._take(data)
-        if buf is None:
-            return []
-        frames: list[bytes] = []
+    def _scan(self, buf: bytes, frames: list[bytes]) -> list[bytes]:
         limits = self.limits
         end_of_buf = len(buf)
         start = 0
@@ -649,7 +663,7 @@ class RespParser:
         if self._broken is not None:
             raise ProtocolError(f"parser already failed: {self._broken}")
         try:
-            raws = self._scanner.feed(data)  # type: ignore[attr-defined]
+            raws = self._scanner.feed(data)
             frames = [Frame(raw, self.client) for raw in raws]
             for frame in frames:
                 frame.value  # noqa: B018 - validate now, so errors surface at the bad frame

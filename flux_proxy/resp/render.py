@@ -21,6 +21,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+from flux_proxy.model import Exchange
 from flux_proxy.resp.codec import ProtocolError, decode_command, decode_reply
 from flux_proxy.resp.values import (
     Array,
@@ -165,3 +166,14 @@ def response_from_frames(frames: list[bytes]) -> dict[str, Any]:
     rendered = [reply_json(v) for v in values]
     errors = [r["error"] for r in rendered if r["error"]]
     return {"value": [r["value"] for r in rendered], "error": errors[0] if errors else None}
+
+
+def fill_semantics(exchange: Exchange) -> Exchange:
+    """Derive `request` and `response` from the raw frames, unless already set (pushes and
+    failures set their own)."""
+    if not exchange.request:
+        exchange.request = (request_from_frame(exchange.client_frames[0])
+                            if exchange.client_frames else {"command": "", "args": []})
+    if not exchange.response:
+        exchange.response = response_from_frames(exchange.server_frames)
+    return exchange

@@ -1,0 +1,500 @@
+"""Per-connection Redis session state and exchange building, sans-IO (mitmproxy style).
+
+The proxy feeds complete client commands and complete server frames (raw bytes from the
+scanners) together with a timestamp; the session decides what goes upstream, what goes back
+to the client, and which exchanges are finished. It never touches a socket or a clock, so it
+is tested with plain byte strings.
+
+Correlation is FIFO: Redis answers commands in order. The exceptions it handles:
+
+* out-of-band frames: RESP3 pushes (`>`: pub/sub messages, invalidations) and, in RESP2
+  subscribe mode, `message`/`pmessage`/`smessage` arrays. Each becomes its own exchange with no
+  client frame and the request `{"command": "(push)", "args": []}`;
+* (un)subscribe commands, answered by one confirmation per channel (RESP2 arrays or RESP3
+  pushes); the command's exchange keeps all its confirmations;
+* commands the proxy answers itself: AUTH and the AUTH inside HELLO (the proxy logged in
+  upstream with the real credentials), and everything once the upstream refused the login;
+* commands without a reply (`*0`, empty inline lines) and MONITOR output.
+
+Only the hot path (`client_commands` / `server_frames` for ordinary commands) is kept lean:
+the command name is read from the frame header and nothing is decoded.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import IntEnum
+
+from flux_proxy.model import Exchange, Lifetime, Protocol, RequestTag
+from flux_proxy.resp.codec import ProtocolError, decode_command, decode_reply, encode_command
+from flux_proxy.resp.render import password_positions
+from flux_proxy.resp.values import Attribute, Push
+
+PUSH_COMMAND = "(push)"
+
+
+class Kind(IntEnum):
+    """What the session must do about a command beyond relaying it."""
+
+    PLAIN = 0
+    AUTH = 1
+    HELLO = 2
+    SELECT = 3
+    CLIENT = 4
+    INFO = 5
+    MULTI = 6
+    EXEC = 7
+    DISCARD = 8
+    WATCH = 9
+    UNWATCH = 10
+    SUBSCRIBE = 11  # any of the six (un)subscribe commands
+    RESET = 12
+    MONITOR = 13
+    BLOCKING = 14
+
+
+_SUBSCRIBE_COMMANDS = {
+    b"SUBSCRIBE": b"subscribe", b"PSUBSCRIBE": b"psubscribe", b"SSUBSCRIBE": b"ssubscribe",
+    b"UNSUBSCRIBE": b"unsubscribe", b"PUNSUBSCRIBE": b"punsubscribe",
+    b"SUNSUBSCRIBE": b"sunsubscribe",
+}
+_CONFIRMATIONS = frozenset(_SUBSCRIBE_COMMANDS.values())
+_MESSAGES = frozenset((b"message", b"pmessage", b"smessage"))
+BLOCKING_COMMANDS = frozenset((b"BLPOP", b"BRPOP", b"BRPOPLPUSH", b"BLMOVE", b"BLMPOP",
+                               b"BZPOPMIN", b"BZPOPMAX", b"BZMPOP", b"XREAD", b"XREADGROUP",
+                               b"WAIT", b"WAITAOF"))
+SESSION_CLIENT_SUBCOMMANDS = frozenset((b"SETINFO", b"SETNAME", b"MAINT_NOTIFICATIONS"))
+
+KINDS: dict[bytes, Kind] = {
+    b"AUTH": Kind.AUTH, b"HELLO": Kind.HELLO, b"SELECT": Kind.SELECT, b"CLIENT": Kind.CLIENT,
+    b"INFO": Kind.INFO, b"MULTI": Kind.MULTI, b"EXEC": Kind.EXEC, b"DISCARD": Kind.DISCARD,
+    b"WATCH": Kind.WATCH, b"UNWATCH": Kind.UNWATCH, b"RESET": Kind.RESET,
+    b"MONITOR": Kind.MONITOR,
+    **{name: Kind.SUBSCRIBE for name in _SUBSCRIBE_COMMANDS},
+    **{name: Kind.BLOCKING for name in BLOCKING_COMMANDS},
+}
+
+OK = b"+OK\r\n"
+UPSTREAM_LOST = "ERR flux: upstream connection lost"
+CLIENT_GONE = "flux: client disconnected before the reply"
+
+
+def command_name(frame: bytes) -> bytes | None:
+    """The upper-cased command name, read from the frame header without decoding the rest;
+    None for a command without arguments (`*0`, an empty line), which gets no reply."""
+    if frame[0] == 42:  # *
+        first = frame.find(b"\r\n")
+        second = frame.find(b"\r\n", first + 2)
+        if second < 0:
+            return None
+        return frame[second + 2:second + 2 + int(frame[first + 3:second])].upper()
+    try:
+        args = decode_command(frame)
+    except ProtocolError:  # unbalanced quotes: the server answers an error
+        return frame.split(None, 1)[0].upper() if frame.strip() else b""
+    return args[0].upper() if args else None
+
+
+def _error_frame(text: str) -> bytes:
+    return b"-" + text.replace("\r", " ").replace("\n", " ").encode() + b"\r\n"
+
+
+def _first_element(frame: bytes) -> bytes | None:
+    """`message` from `*3\\r\\n$7\\r\\nmessage...` (or a push); None if not such a frame."""
+    first = frame.find(b"\r\n")
+    if frame[first + 2:first + 3] not in (b"$", b"+"):
+        return None
+    second = frame.find(b"\r\n", first + 2)
+    if frame[first + 2:first + 3] == b"+":
+        return frame[first + 3:second].lower()
+    length = frame[first + 3:second]
+    if not length.isdigit():
+        return None
+    return frame[second + 2:second + 2 + int(length)].lower()
+
+
+class _Pending:
+    """A command sent (or about to be answered by the proxy) whose reply has not come yet."""
+
+    __slots__ = ("args", "client_frame", "close_after", "confirm", "kind", "lifetime",
+                 "replies", "replies_left", "request_id", "seq", "started_at", "synthetic")
+
+    def __init__(self, seq: int, client_frame: bytes, started_at: float,
+                 request_id: str | None, lifetime: Lifetime, kind: Kind = Kind.PLAIN) -> None:
+        self.seq = seq
+        self.client_frame = client_frame
+        self.started_at = started_at
+        self.request_id = request_id
+        self.lifetime = lifetime
+        self.kind = kind
+        self.args: list[bytes] | None = None
+        self.synthetic: bytes | None = None  # the proxy's own reply, sent in FIFO order
+        self.close_after = False  # close the client once this reply is out
+        self.confirm: bytes | None = None  # (un)subscribe confirmation name expected
+        self.replies_left = 1
+        self.replies: list[bytes] = []
+
+
+class RespSession:
+    """State of one proxied client connection; see the module docstring."""
+
+    def __init__(self, connection_id: int, tag: RequestTag, finished: list[Exchange],
+                 reauth: list[bytes] | None = None) -> None:
+        self.connection_id = connection_id
+        self.tag = tag
+        self.finished = finished  # finished exchanges are appended here (shared per listener)
+        self.reauth = reauth or []  # the proxy's own login, replayed after RESET
+        self.upstream_out: list[bytes] = []  # bytes to send upstream, in order
+        self.client_out: list[bytes] = []  # bytes to send to the client, in order
+        self.close_client = False  # the client connection must close after client_out
+        # Session state, as the server sees it.
+        self.protocol = 2
+        self.db = 0
+        self.in_multi = False
+        self.watching = False
+        self.monitor = False
+        self.channels: set[bytes] = set()  # predicted at send time, like drivers do
+        self.patterns: set[bytes] = set()
+        self.shard_channels: set[bytes] = set()
+        self.upstream_error: str | None = None  # set when the upstream refused our login
+        self._pending: deque[_Pending] = deque()
+        self._pubsub_pending = 0
+        self._slow_replies = False  # RESP2 subscribe mode or MONITOR: classify each reply
+        self._seq = 0
+        self._saw_request_command = False
+        self._broken = False
+
+    # -- state queries --------------------------------------------------------------------
+
+    @property
+    def subscribed(self) -> bool:
+        return bool(self.channels or self.patterns or self.shard_channels)
+
+    @property
+    def blocked(self) -> bool:
+        """The oldest outstanding command is a blocking one (BLPOP, XREAD BLOCK, WAIT...)."""
+        return bool(self._pending) and self._pending[0].kind == Kind.BLOCKING
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending)
+
+    # -- client side ----------------------------------------------------------------------
+
+    def client_commands(self, frames: list[bytes], now: float) -> None:
+        """Complete commands from the client, in order (raw frames from CommandScanner)."""
+        if self._broken:
+            return
+        pending = self._pending
+        request_id = self.tag.current
+        for frame in frames:
+            name = command_name(frame)
+            kind = KINDS.get(name, Kind.PLAIN)
+            if kind == Kind.PLAIN and name is not None and self.upstream_error is None:
+                self._seq += 1
+                pending.append(_Pending(self._seq, frame, now, request_id, Lifetime.REQUEST))
+                self.upstream_out.append(frame)
+                self._saw_request_command = True
+                continue
+            self._special_command(frame, name, kind, now, request_id)
+
+    def _special_command(self, frame: bytes, name: bytes | None, kind: Kind, now: float,
+                         request_id: str | None) -> None:
+        if name is None:  # `*0`, `*-1`, an empty line: the server skips it without a reply
+            if self.upstream_error is None:
+                self.upstream_out.append(frame)
+            return
+        try:
+            args = decode_command(frame)
+        except ProtocolError:  # the scanner accepted it, so only inline quoting can fail
+            args = [name]
+        lifetime = Lifetime.REQUEST
+        handshake_client = (kind == Kind.CLIENT and len(args) > 1
+                            and args[1].upper() in SESSION_CLIENT_SUBCOMMANDS)
+        if kind in (Kind.AUTH, Kind.HELLO, Kind.SELECT) or handshake_client:
+            lifetime = Lifetime.SESSION
+        elif kind == Kind.INFO and not self._saw_request_command:
+            lifetime = Lifetime.SESSION  # the ready check of ioredis and friends
+        if lifetime == Lifetime.REQUEST:
+            self._saw_request_command = True
+        record_frame = frame
+        if kind in (Kind.AUTH, Kind.HELLO) and password_positions(name.decode(), args):
+            redacted = list(args)
+            for index in password_positions(name.decode(), args):
+                redacted[index] = b"<redacted>"
+            record_frame = encode_command(*redacted)
+        self._seq += 1
+        entry = _Pending(self._seq, record_frame, now, request_id, lifetime, kind)
+        entry.args = args
+
+        if self.upstream_error is not None:
+            self._answer(entry, _error_frame(self.upstream_error), now)
+            return
+        if kind == Kind.AUTH:
+            self._answer(entry, OK, now)
+            return
+        upstream_frame = frame
+        if kind == Kind.HELLO:
+            upstream_frame = self._hello_without_auth(args)
+        elif kind == Kind.SUBSCRIBE:
+            self._expect_confirmations(entry, name, args)
+        elif kind == Kind.MULTI:
+            self.in_multi = True
+        elif kind in (Kind.EXEC, Kind.DISCARD):
+            self.in_multi = False
+            self.watching = False
+        elif kind == Kind.WATCH:
+            self.watching = True
+        elif kind == Kind.UNWATCH:
+            self.watching = False
+        elif kind == Kind.RESET:
+            self._reset_state()
+        self._pending.append(entry)
+        self.upstream_out.append(upstream_frame)
+        if kind == Kind.RESET and self.reauth:
+            # RESET logs the connection out upstream: log in again, invisibly to the client.
+            for command in self.reauth:
+                internal = _Pending(0, command, now, None, Lifetime.SESSION)
+                internal.kind = Kind.RESET
+                internal.synthetic = b""  # marks an internal command: reply swallowed
+                self._pending.append(internal)
+                self.upstream_out.append(command)
+
+    @staticmethod
+    def _hello_without_auth(args: list[bytes]) -> bytes:
+        kept = list(args[:2])
+        i = 2
+        while i < len(args):
+            option = args[i].upper()
+            if option == b"AUTH":
+                i += 3
+            elif option == b"SETNAME":
+                kept += args[i:i + 2]
+                i += 2
+            else:
+                kept.append(args[i])
+                i += 1
+        return encode_command(*kept)
+
+    def _expect_confirmations(self, entry: _Pending, name: bytes, args: list[bytes]) -> None:
+        channels = args[1:]
+        target = (self.channels if name in (b"SUBSCRIBE", b"UNSUBSCRIBE") else
+                  self.patterns if name in (b"PSUBSCRIBE", b"PUNSUBSCRIBE") else
+                  self.shard_channels)
+        if name.startswith(b"UN") or name.startswith(b"PUN") or name.startswith(b"SUN"):
+            entry.replies_left = len(channels) or max(1, len(target))
+            if channels:
+                target.difference_update(channels)
+            else:
+                target.clear()
+        else:
+            entry.replies_left = max(1, len(channels))
+            target.update(channels)
+        entry.confirm = _SUBSCRIBE_COMMANDS[name]
+        self._pubsub_pending += 1
+        self._update_mode()
+
+    def _reset_state(self) -> None:
+        self.protocol = 2
+        self.db = 0
+        self.in_multi = self.watching = self.monitor = False
+        self.channels.clear()
+        self.patterns.clear()
+        self.shard_channels.clear()
+        self._update_mode()
+
+    def _update_mode(self) -> None:
+        self._slow_replies = self.monitor or (
+            self.protocol == 2 and (self._pubsub_pending > 0 or self.subscribed))
+
+    def _answer(self, entry: _Pending, reply: bytes, now: float) -> None:
+        """Answer `entry` ourselves, after every reply still owed before it."""
+        entry.synthetic = reply
+        if self._pending:
+            self._pending.append(entry)
+        else:
+            self._emit_synthetic(entry, now)
+
+    def _emit_synthetic(self, entry: _Pending, now: float) -> None:
+        if entry.seq == 0:  # internal (re-login after RESET): nothing to tell anyone
+            return
+        assert entry.synthetic is not None
+        self.client_out.append(entry.synthetic)
+        self._finish(entry, [entry.synthetic], now)
+        if entry.close_after:
+            self.close_client = True
+
+    def client_protocol_error(self, error: ProtocolError, now: float) -> None:
+        """The client sent bytes that are not RESP: answer like redis-server, then close."""
+        self._broken = True
+        entry = _Pending(0, b"", now, self.tag.current, Lifetime.REQUEST)
+        entry.synthetic = _error_frame(f"ERR Protocol error: {error}")
+        entry.close_after = True
+        if self._pending:
+            self._pending.append(entry)
+        else:
+            self.client_out.append(entry.synthetic)
+            self.close_client = True
+
+    # -- server side ----------------------------------------------------------------------
+
+    def server_frames(self, frames: list[bytes], now: float) -> None:
+        """Complete frames from the upstream, in order (raw frames from ReplyScanner)."""
+        pending = self._pending
+        out = self.client_out
+        for frame in frames:
+            first = frame[0]
+            if first == 62 or first == 124 or self._slow_replies or not pending:
+                self._special_frame(frame, now)
+                continue
+            entry = pending.popleft()
+            if entry.synthetic is not None or entry.confirm is not None:
+                pending.appendleft(entry)
+                self._special_frame(frame, now)
+                continue
+            out.append(frame)
+            self.finished.append(Exchange(
+                Protocol.REDIS, self.connection_id, entry.seq, entry.lifetime, entry.request_id,
+                entry.started_at, now - entry.started_at, [entry.client_frame], [frame],
+                failed=first == 45 or first == 33))
+            if entry.kind:
+                self._after_reply(entry, frame)
+            if pending and pending[0].synthetic is not None:
+                self._drain_synthetic(now)
+
+    def _drain_synthetic(self, now: float) -> None:
+        pending = self._pending
+        while pending and pending[0].synthetic is not None:
+            entry = pending.popleft()
+            if entry.seq == 0 and entry.kind == Kind.RESET:
+                pending.appendleft(entry)  # an internal command still waiting for its reply
+                return
+            if entry.seq == 0 and entry.close_after:
+                self.client_out.append(entry.synthetic)
+                self.close_client = True
+                continue
+            self._emit_synthetic(entry, now)
+
+    def _special_frame(self, frame: bytes, now: float) -> None:
+        """Replies that need a look inside: pushes, subscribe mode, MONITOR, internal ones."""
+        is_push = frame[0] == 62
+        if frame[0] == 124:  # an attribute: what matters is the value it annotates
+            try:
+                value = decode_reply(frame)
+                is_push = isinstance(value, Attribute) and isinstance(value.value, Push)
+            except ProtocolError:
+                is_push = False
+        head = self._pending[0] if self._pending else None
+        if is_push or (self.protocol == 2 and frame[0] == 42 and self._slow_replies):
+            name = _first_element(frame)
+            if head is not None and head.confirm is not None and name == head.confirm:
+                self._confirmation(head, frame, now)
+                return
+            if is_push or name in _MESSAGES:
+                self._push(frame, now)
+                return
+        if self.monitor and frame[0] == 43 and frame[1:2].isdigit():
+            self._push(frame, now)  # a MONITOR line
+            return
+        if head is None:
+            self._push(frame, now)  # nothing asked for it: keep it, flagged as out-of-band
+            return
+        entry = self._pending.popleft()
+        if entry.seq == 0 and entry.kind == Kind.RESET:  # our own re-login after RESET
+            self._drain_synthetic(now)
+            return
+        if entry.confirm is not None:  # an error instead of confirmations
+            self._pubsub_pending -= 1
+            self._update_mode()
+        self.client_out.append(frame)
+        entry.replies.append(frame)
+        self._finish(entry, entry.replies, now)
+        if entry.kind:
+            self._after_reply(entry, frame)
+        self._drain_synthetic(now)
+
+    def _confirmation(self, head: _Pending, frame: bytes, now: float) -> None:
+        self.client_out.append(frame)
+        head.replies.append(frame)
+        head.replies_left -= 1
+        if head.replies_left > 0:
+            return
+        self._pending.popleft()
+        self._pubsub_pending -= 1
+        self._update_mode()
+        self._finish(head, head.replies, now)
+        self._drain_synthetic(now)
+
+    def _push(self, frame: bytes, now: float) -> None:
+        self.client_out.append(frame)
+        self._seq += 1
+        self.finished.append(Exchange(
+            Protocol.REDIS, self.connection_id, self._seq, Lifetime.REQUEST, self.tag.current,
+            now, 0.0, [], [frame], request={"command": PUSH_COMMAND, "args": []}))
+
+    def _after_reply(self, entry: _Pending, frame: bytes) -> None:
+        """State that only changes once the server said yes."""
+        ok = frame[0] not in (45, 33)
+        args = entry.args or []
+        if entry.kind == Kind.HELLO and ok and len(args) > 1 and args[1] in (b"2", b"3"):
+            self.protocol = int(args[1])
+            self._update_mode()
+        elif entry.kind == Kind.SELECT and ok and len(args) > 1 and args[1].isdigit():
+            self.db = int(args[1])
+        elif entry.kind == Kind.MONITOR and ok:
+            self.monitor = True
+            self._update_mode()
+
+    def _finish(self, entry: _Pending, server_frames: list[bytes], now: float,
+                failed: bool | None = None, error: str | None = None) -> None:
+        if failed is None:
+            failed = any(f[:1] in (b"-", b"!") for f in server_frames)
+        exchange = Exchange(
+            Protocol.REDIS, self.connection_id, entry.seq, entry.lifetime, entry.request_id,
+            entry.started_at, now - entry.started_at, [entry.client_frame], list(server_frames),
+            failed=failed)
+        if error is not None:
+            exchange.response = {"value": None, "error": error}
+        self.finished.append(exchange)
+
+    # -- connection events ----------------------------------------------------------------
+
+    def upstream_refused(self, error: str, now: float) -> None:
+        """The upstream rejected the proxy's login (or could not be reached): every command,
+        queued or future, is answered with the upstream's error text."""
+        self.upstream_error = error
+        self.upstream_out.clear()
+        waiting = list(self._pending)
+        self._pending.clear()
+        for entry in waiting:
+            if entry.seq == 0:
+                if entry.close_after:
+                    self.client_out.append(entry.synthetic or b"")
+                    self.close_client = True
+                continue
+            self._answer(entry, _error_frame(error), now)
+
+    def upstream_lost(self, now: float, reason: str = UPSTREAM_LOST) -> None:
+        """The upstream connection broke: every outstanding command fails cleanly, and the
+        client connection closes (its server-side state is gone)."""
+        waiting = list(self._pending)
+        self._pending.clear()
+        for entry in waiting:
+            if entry.seq == 0:
+                continue
+            if entry.synthetic is not None:
+                self._emit_synthetic(entry, now)
+                continue
+            reply = _error_frame(reason)
+            self.client_out.append(reply)
+            self._finish(entry, [*entry.replies, reply], now, failed=True, error=reason)
+        self.close_client = True
+
+    def client_lost(self, now: float) -> None:
+        """The client went away: what it was still waiting for is recorded as failed."""
+        waiting = list(self._pending)
+        self._pending.clear()
+        for entry in waiting:
+            if entry.seq == 0 or entry.synthetic is not None:
+                continue
+            self._finish(entry, entry.replies, now, failed=True, error=CLIENT_GONE)
