@@ -26,6 +26,9 @@ class RelayedResponse(web.StreamResponse):
     must see the app's headers, so those are removed again unless the app sent them.
     """
 
+    # Headers leave with the first body bytes: one send instead of two for small responses.
+    _send_headers_immediately = False
+
     def __init__(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
         super().__init__(status=status, reason=reason or None)
         sent = {name.lower() for name, _ in headers}
@@ -66,11 +69,11 @@ class ClientSink:
         except (ConnectionError, ClientConnectionResetError):
             self.client_gone = True
 
-    async def finish(self) -> None:
+    async def finish(self, tail: bytes = b"") -> None:
         if self.client_gone or self.response is None:
             return
         try:
-            await self.response.write_eof()
+            await self.response.write_eof(tail)
         except (ConnectionError, ClientConnectionResetError):
             self.client_gone = True
 

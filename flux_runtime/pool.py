@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import sys
 import time
@@ -18,8 +19,6 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 from flux_runtime.control import ShimReport
 from flux_runtime.deno import deno_version
@@ -32,6 +31,7 @@ from flux_runtime.relay import (
     ResponseSink,
     end_to_end,
 )
+from flux_runtime.upstream import WorkerConnection
 from flux_runtime.worker import (
     Worker,
     WorkerConfig,
@@ -43,8 +43,6 @@ from flux_server.records import DeterminismEntry, ErrorInfo, Execution, Mode
 
 Hook = Callable[..., Awaitable[None] | None]
 
-# aiohttp's client would otherwise add headers the client never sent.
-SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 RESTART_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
@@ -84,6 +82,7 @@ async def call_hook(hook: Hook | None, *args: Any) -> None:
         await result
 
 
+@functools.cache
 def flux_version() -> str:
     try:
         return metadata.version("flux")
@@ -120,7 +119,8 @@ class WorkerPool:
                         for i in range(workers)]
         self._idle: asyncio.Queue[Worker] = asyncio.Queue()
         self._restarts: set[asyncio.Task[None]] = set()
-        self._session: aiohttp.ClientSession | None = None
+        self._connections: dict[str, WorkerConnection] = {}
+        self._started = False
         self._in_flight = 0
         self._drained = asyncio.Event()
         self._drained.set()
@@ -133,15 +133,7 @@ class WorkerPool:
     async def start(self) -> None:
         """Start every worker; one that cannot start stops them all and raises WorkerStartError."""
         self.deno_version = deno_version()
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=False),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=SKIP_AUTO_HEADERS,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            max_line_size=65536,
-            max_field_size=65536,
-        )
+        self._started = True
         results = await asyncio.gather(*(self._start_worker(w) for w in self.workers),
                                        return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
@@ -166,9 +158,9 @@ class WorkerPool:
         for task in list(self._restarts):
             task.cancel()
         await asyncio.gather(*(w.close() for w in self.workers), return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()
 
     async def _start_worker(self, worker: Worker) -> None:
         await call_hook(self.hooks.worker_starting, worker)
@@ -254,7 +246,7 @@ class WorkerPool:
     async def _serve_on(self, worker: Worker, request: IncomingRequest, sink: ResponseSink,
                         execution_id: str,
                         determinism: Sequence[DeterminismEntry] | None) -> ExecutionResult:
-        assert self._session is not None, "the pool is not started"
+        assert self._started, "the pool is not started"
         started_at = time.time()
         clock = time.perf_counter()
         request_capture = BodyCapture(self.body_cap)
@@ -278,20 +270,20 @@ class WorkerPool:
                 body = request.body
             elif request.body is not None:
                 body = request_capture.tee(request.body)
-            async with self._session.request(
-                    request.method, worker.base_url + request.target, headers=forwarded,
-                    data=body, allow_redirects=False, compress=None) as response:
-                status = response.status
-                response_headers = [*end_to_end([(k.decode("latin-1"), v.decode("latin-1"))
-                                                 for k, v in response.raw_headers]),
-                                    (EXECUTION_HEADER, execution_id)]
-                await sink.start(status, response.reason or "", response_headers)
-                async for chunk in response.content.iter_any():
-                    response_capture.feed(chunk)
-                    await sink.write(chunk)
-            await sink.finish()
+            connection = await self._connection(worker)
+            response = await connection.send(request.method, request.target, forwarded, body)
+            status = response.status
+            response_headers = [*end_to_end(response.headers), (EXECUTION_HEADER, execution_id)]
+            await sink.start(status, response.reason, response_headers)
+            held = b""  # one chunk behind, so the last one leaves with the end of the response
+            async for chunk in response.chunks():
+                response_capture.feed(chunk)
+                if held:
+                    await sink.write(held)
+                held = chunk
+            await sink.finish(held)
             report = await asyncio.wait_for(asyncio.shield(report_future), self.report_timeout)
-        except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+        except (ConnectionError, TimeoutError) as exc:
             error = await self._failure(worker, generation, exc)
             if error.name == "WorkerCrashed":  # its last report may still be in the socket
                 await asyncio.wait({report_future}, timeout=0.5)
@@ -327,6 +319,17 @@ class WorkerPool:
             deno_version=self.deno_version, worker_id=worker.id, boot_id=boot_id or None,
         )
         return ExecutionResult(execution=execution, report=report)
+
+    async def _connection(self, worker: Worker) -> WorkerConnection:
+        """The worker's keep-alive connection, reopened after a restart or a close."""
+        connection = self._connections.get(worker.id)
+        if connection is not None and connection.reusable and connection.port == worker.port:
+            return connection
+        if connection is not None:
+            connection.close()
+        connection = await WorkerConnection.open("127.0.0.1", worker.port)
+        self._connections[worker.id] = connection
+        return connection
 
     @staticmethod
     def _last_words(report_future: asyncio.Future[ShimReport]) -> ShimReport | None:

@@ -78,7 +78,9 @@ class ResponseSink(Protocol):
 
     async def write(self, chunk: bytes) -> None: ...
 
-    async def finish(self) -> None: ...
+    async def finish(self, tail: bytes = b"") -> None:
+        """The response ends with `tail` (its last bytes, sent together with the end)."""
+        ...
 
     async def abort(self) -> None: ...
 
@@ -101,7 +103,9 @@ class BufferSink:
     async def write(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
 
-    async def finish(self) -> None:
+    async def finish(self, tail: bytes = b"") -> None:
+        if tail:
+            self._chunks.append(tail)
         self.complete = True
 
     async def abort(self) -> None:

@@ -1,0 +1,129 @@
+"""wrk against a trivial app: bare `deno run` vs through the Flux front and pool.
+
+    .venv/bin/python bench/serve_front.py [--duration 5] [--connections 32] [--workers 1,2,4]
+                                          [--uvloop] [--app APP.ts]
+
+Prints one table: requests/s, p50 and p99 latency, and the ratio to bare Deno, per worker
+count. Needs `wrk` (apt-get install wrk). Speed is measured here only, never in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from flux_runtime.deno import deno_binary, deno_dir
+from flux_runtime.front import Front
+from flux_runtime.pool import WorkerPool
+from flux_runtime.worker import free_port
+
+TRIVIAL_APP = """
+const port = Number(Deno.env.get("PORT") ?? "8000");
+Deno.serve({ port, hostname: "127.0.0.1", onListen() {} },
+           () => new Response("ok", { headers: { "content-type": "text/plain" } }));
+"""
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+@dataclass
+class Figures:
+    label: str
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: str
+
+
+def milliseconds(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    return float(match.group(1)) * UNITS[match.group(2)] if match else float("nan")
+
+
+async def wrk(label: str, url: str, duration: int, connections: int) -> Figures:
+    process = await asyncio.create_subprocess_exec(
+        "wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out = (await process.communicate())[0].decode()
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    errors = re.search(r"(Non-2xx or 3xx responses: \d+|Socket errors: .*)", out)
+    return Figures(label, float(rps.group(1)) if rps else 0.0,
+                   milliseconds(p50.group(1)) if p50 else float("nan"),
+                   milliseconds(p99.group(1)) if p99 else float("nan"),
+                   errors.group(1) if errors else "")
+
+
+async def bare(app: Path, duration: int, connections: int) -> Figures:
+    port = free_port()
+    env = {**os.environ, "PORT": str(port)}
+    if directory := deno_dir(os.environ.get("FLUX_TEST_DENO_DIR")):
+        env["DENO_DIR"] = directory
+    process = await asyncio.create_subprocess_exec(
+        deno_binary(), "run", "-A", str(app), env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        return await wrk("bare deno run", f"http://127.0.0.1:{port}/", duration, connections)
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+async def through_flux(app: Path, workers: int, duration: int, connections: int) -> Figures:
+    pool = WorkerPool(app, workers=workers, env={**os.environ, "PORT": "1"},
+                      deno_dir=os.environ.get("FLUX_TEST_DENO_DIR"))
+    await pool.start()
+    front = Front(pool, port=0)
+    await front.start()
+    try:
+        return await wrk(f"flux, {workers} worker(s)", front.url + "/", duration, connections)
+    finally:
+        await front.stop()
+        await pool.stop()
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        app = Path(args.app) if args.app else Path(scratch) / "trivial.ts"
+        if not args.app:
+            app.write_text(TRIVIAL_APP)
+        base = await bare(app, args.duration, args.connections)
+        rows = [base]
+        for workers in (int(n) for n in args.workers.split(",")):
+            rows.append(await through_flux(app, workers, args.duration, args.connections))
+    loop = "uvloop" if args.uvloop else "asyncio"
+    print(f"app: {args.app or 'trivial Deno.serve'}; wrk -t2 -c{args.connections} "
+          f"-d{args.duration}s; event loop: {loop}; cores: {os.cpu_count()}")
+    print(f"{'':24} {'req/s':>9} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8}  errors")
+    for row in rows:
+        ratio = row.requests_per_second / base.requests_per_second if base.requests_per_second else 0
+        print(f"{row.label:24} {row.requests_per_second:9.0f} {ratio:6.2f} {row.p50_ms:8.2f} "
+              f"{row.p99_ms:8.2f}  {row.errors}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--app", help="a Deno app to use instead of the trivial one")
+    arguments = parser.parse_args()
+    if arguments.uvloop:
+        import uvloop
+
+        uvloop.run(main(arguments))
+    else:
+        asyncio.run(main(arguments))
