@@ -59,20 +59,50 @@ async def send_all(address: str, requests: list[pb.RecordBatchRequest],
         return stored, time.perf_counter() - started
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids(cluster: PgCluster | None) -> list[int]:
+    """The backends of a throwaway cluster (they are children of its postmaster)."""
+    if cluster is None or cluster._dir is None:
+        return []
+    postmaster = int((cluster._dir / "data" / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True)
+    return [postmaster, *(int(p) for p in children.stdout.split())]
+
+
 def run_one(label: str, server_args: list[str], env: dict[str, str],
-            requests: list[pb.RecordBatchRequest], in_flight: int) -> float:
+            requests: list[pb.RecordBatchRequest], in_flight: int,
+            cluster: PgCluster | None = None) -> float:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "flux_server", "--listen",
-                               f"127.0.0.1:{port}", *server_args], env=env)
+                               f"127.0.0.1:{port}", *server_args], env=env,
+                              stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)
+        server_cpu = cpu_seconds([server.pid])
+        database_cpu = cpu_seconds(postgres_pids(cluster))
         stored, seconds = asyncio.run(send_all(f"127.0.0.1:{port}", requests, in_flight))
+        server_cpu = cpu_seconds([server.pid]) - server_cpu
+        database_cpu = cpu_seconds(postgres_pids(cluster)) - database_cpu
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
     rate = stored / seconds
-    print(f"{label:9s} {stored:7d} executions in {seconds:6.2f} s = {rate:8.0f} executions/s",
-          flush=True)
+    per_thousand = f"CPU per 1000: flux-server {server_cpu / stored * 1000:.3f} s"
+    if cluster is not None:
+        per_thousand += f", postgres {database_cpu / stored * 1000:.3f} s"
+    print(f"{label:9s} {stored:7d} executions in {seconds:6.2f} s = {rate:7.0f} executions/s"
+          f"  ({per_thousand})", flush=True)
     return rate
 
 
@@ -90,7 +120,8 @@ def main() -> None:
           flush=True)
     requests = build_requests(args.executions, args.batch)
     size = sum(r.ByteSize() for r in requests) / args.executions
-    print(f"{size:.0f} bytes per execution on the wire", flush=True)
+    print(f"{size:.0f} bytes per execution on the wire; load average "
+          f"{os.getloadavg()[0]:.1f} (other work on the machine lowers the figures)", flush=True)
     env = {k: v for k, v in os.environ.items()
            if k not in ("FLUX_TOKEN", "FLUX_DATABASE_URL", "DATABASE_URL")}
 
@@ -98,7 +129,7 @@ def main() -> None:
         cluster = None if args.database_url else PgCluster(users=(), tls=False).start()
         try:
             url = args.database_url or cluster.url(database="postgres")  # type: ignore[union-attr]
-            run_one("postgres", ["--database-url", url], env, requests, args.in_flight)
+            run_one("postgres", ["--database-url", url], env, requests, args.in_flight, cluster)
         finally:
             if cluster is not None:
                 cluster.stop()

@@ -27,7 +27,7 @@ def exchange_to_proto(exchange: Exchange) -> pb.Exchange:
         protocol=exchange.protocol.value, connection=exchange.connection, seq=exchange.seq,
         lifetime=exchange.lifetime.value, request_id=exchange.request_id,
         started_at=exchange.started_at, duration=exchange.duration,
-        client_frames=exchange.client_frames, server_frames=exchange.server_frames,
+        frames=pb.Frames(client=exchange.client_frames, server=exchange.server_frames),
         request_json=_compact(exchange.request), response_json=_compact(exchange.response),
         source=exchange.source.value if exchange.source is not None else "",
         failed=exchange.failed)
@@ -39,7 +39,7 @@ def exchange_from_proto(message: pb.Exchange) -> Exchange:
         lifetime=Lifetime(message.lifetime),
         request_id=message.request_id if message.HasField("request_id") else None,
         started_at=message.started_at, duration=message.duration,
-        client_frames=list(message.client_frames), server_frames=list(message.server_frames),
+        client_frames=list(message.frames.client), server_frames=list(message.frames.server),
         request=json.loads(message.request_json) if message.request_json else {},
         response=json.loads(message.response_json) if message.response_json else {},
         source=Source(message.source) if message.source else None, failed=message.failed)

@@ -8,7 +8,9 @@ the same as those made from records.
 
 from __future__ import annotations
 
+import re
 import uuid
+from json.encoder import encode_basestring as encode_string
 from typing import Any
 
 from flux_proxy.model import Lifetime, Protocol, Source
@@ -20,6 +22,7 @@ PROTOCOLS = {p.value for p in Protocol}
 LIFETIMES = {lt.value for lt in Lifetime}
 SOURCES = {s.value for s in Source} | {""}
 MODES = {m.value: m for m in Mode}
+CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 class MalformedRecord(ValueError):
@@ -35,21 +38,34 @@ def _exchange_rows(exchanges: Any) -> list[tuple[Any, ...]]:
         rows.append((
             position, x.protocol, x.connection, x.seq, x.lifetime,
             x.request_id if x.HasField("request_id") else None, x.started_at, x.duration,
-            list(x.client_frames), list(x.server_frames), x.request_json or "{}",
+            x.frames.SerializeToString(), x.request_json or "{}",
             x.response_json or "{}", x.source or None, x.failed,
         ))
     return rows
+
+
+def _determinism_json(entries: Any) -> str:
+    """The same text `dump([[kind, value], ...])` makes, without parsing the values."""
+    items = ",".join(f"[{encode_string(d.kind)},{d.value_json or 'null'}]" for d in entries)
+    return f"[{items}]"
 
 
 def _optional(message: Any, name: str) -> Any:
     return getattr(message, name) if message.HasField(name) else None
 
 
-def prepare_execution_proto(e: pb.Execution) -> PreparedExecution:
+def canonical_id(text: str) -> str:
+    lowered = text.lower()
+    if CANONICAL_UUID.match(lowered):
+        return lowered
     try:
-        execution_id = str(uuid.UUID(e.id))
+        return str(uuid.UUID(text))
     except ValueError:
-        raise MalformedRecord(f"execution id {e.id!r} is not a UUID") from None
+        raise MalformedRecord(f"execution id {text!r} is not a UUID") from None
+
+
+def prepare_execution_proto(e: pb.Execution) -> PreparedExecution:
+    execution_id = canonical_id(e.id)
     mode = MODES.get(e.mode or Mode.RECORD.value)
     if mode is None:
         raise MalformedRecord(f"execution {execution_id}: unknown mode {e.mode!r}")
@@ -66,7 +82,7 @@ def prepare_execution_proto(e: pb.Execution) -> PreparedExecution:
         e.response_truncated, outcome.value,
         error.name if has_error else None, error.message if has_error else None,
         error.stack if has_error else None,
-        "[" + ",".join(f'[{dump(d.kind)},{d.value_json or "null"}]' for d in e.determinism) + "]",
+        _determinism_json(e.determinism),
         parent_id, mode.value, e.app_path, e.code_version, e.flux_version, e.deno_version,
         e.worker_id, _optional(e, "boot_id"), dump(dict(sorted(e.upstreams.items()))),
         replay_outcome,

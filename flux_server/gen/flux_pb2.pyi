@@ -44,8 +44,16 @@ class DeterminismEntry(_message.Message):
     value_json: str
     def __init__(self, kind: _Optional[str] = ..., value_json: _Optional[str] = ...) -> None: ...
 
+class Frames(_message.Message):
+    __slots__ = ("client", "server")
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    client: _containers.RepeatedScalarFieldContainer[bytes]
+    server: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, client: _Optional[_Iterable[bytes]] = ..., server: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class Exchange(_message.Message):
-    __slots__ = ("protocol", "connection", "seq", "lifetime", "request_id", "started_at", "duration", "client_frames", "server_frames", "request_json", "response_json", "source", "failed")
+    __slots__ = ("protocol", "connection", "seq", "lifetime", "request_id", "started_at", "duration", "frames", "request_json", "response_json", "source", "failed")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -53,8 +61,7 @@ class Exchange(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     DURATION_FIELD_NUMBER: _ClassVar[int]
-    CLIENT_FRAMES_FIELD_NUMBER: _ClassVar[int]
-    SERVER_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_JSON_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_JSON_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -66,13 +73,12 @@ class Exchange(_message.Message):
     request_id: str
     started_at: float
     duration: float
-    client_frames: _containers.RepeatedScalarFieldContainer[bytes]
-    server_frames: _containers.RepeatedScalarFieldContainer[bytes]
+    frames: Frames
     request_json: str
     response_json: str
     source: str
     failed: bool
-    def __init__(self, protocol: _Optional[str] = ..., connection: _Optional[int] = ..., seq: _Optional[int] = ..., lifetime: _Optional[str] = ..., request_id: _Optional[str] = ..., started_at: _Optional[float] = ..., duration: _Optional[float] = ..., client_frames: _Optional[_Iterable[bytes]] = ..., server_frames: _Optional[_Iterable[bytes]] = ..., request_json: _Optional[str] = ..., response_json: _Optional[str] = ..., source: _Optional[str] = ..., failed: _Optional[bool] = ...) -> None: ...
+    def __init__(self, protocol: _Optional[str] = ..., connection: _Optional[int] = ..., seq: _Optional[int] = ..., lifetime: _Optional[str] = ..., request_id: _Optional[str] = ..., started_at: _Optional[float] = ..., duration: _Optional[float] = ..., frames: _Optional[_Union[Frames, _Mapping]] = ..., request_json: _Optional[str] = ..., response_json: _Optional[str] = ..., source: _Optional[str] = ..., failed: _Optional[bool] = ...) -> None: ...
 
 class Execution(_message.Message):
     __slots__ = ("id", "started_at", "duration", "method", "path", "query", "request_headers", "request_body", "request_truncated", "status", "response_headers", "response_body", "response_truncated", "error", "console", "exchanges", "determinism", "parent_id", "mode", "app_path", "code_version", "flux_version", "deno_version", "worker_id", "boot_id", "upstreams", "replay_outcome")

@@ -22,8 +22,7 @@ EXCHANGE_COLUMNS_SQL = """
     request_id text,
     started_at double precision NOT NULL,
     duration double precision NOT NULL,
-    client_frames bytea[] NOT NULL,
-    server_frames bytea[] NOT NULL,
+    frames bytea NOT NULL,  -- flux.v1.Frames: the raw frames both ways, in order
     request json NOT NULL,
     response json NOT NULL,
     source text,

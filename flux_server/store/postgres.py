@@ -324,8 +324,9 @@ class PostgresStore(Store):
             new_boots = await self._insert_boots(conn, boots)
             if new:
                 await self._copy_executions(conn, new)
-                for payload in notify_payloads([e.summary for e in new]):
-                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+                await conn.execute(
+                    "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
+                    CHANNEL, notify_payloads([e.summary for e in new]))
         return StoredCounts(executions=len(new), boots=new_boots)
 
     @staticmethod

@@ -1,7 +1,8 @@
 """Records as table rows and back, the same for both stores.
 
 JSON columns hold compact JSON text (Postgres type `json`, which keeps the text as given, so
-key order survives); bodies and raw frames are bytes.
+key order survives). Bodies are bytes; an exchange's raw frames are one bytes value, the
+protobuf encoding of `flux.v1.Frames` (so ingest stores what arrived without copying frames).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flux_proxy.model import Exchange, Lifetime, Protocol, Source
+from flux_server.gen.flux_pb2 import Frames
 from flux_server.records import (
     BootRecord,
     ConsoleLine,
@@ -36,7 +38,7 @@ SUMMARY_COLUMNS = ("id", "started_at", "duration", "method", "path", "status", "
                    "error_message", "mode", "parent_id", "replay_outcome")
 EXCHANGE_COLUMNS = (
     "position", "protocol", "connection", "seq", "lifetime", "request_id", "started_at",
-    "duration", "client_frames", "server_frames", "request", "response", "source", "failed",
+    "duration", "frames", "request", "response", "source", "failed",
 )
 CONSOLE_COLUMNS = ("position", "seq", "offset_s", "level", "text")
 
@@ -58,7 +60,8 @@ def execution_row(e: Execution) -> tuple[Any, ...]:
 def exchange_row(position: int, x: Exchange) -> tuple[Any, ...]:
     return (
         position, x.protocol.value, x.connection, x.seq, x.lifetime.value, x.request_id,
-        x.started_at, x.duration, x.client_frames, x.server_frames, dump(x.request),
+        x.started_at, x.duration, encode_frames(x.client_frames, x.server_frames),
+        dump(x.request),
         dump(x.response), x.source.value if x.source is not None else None, x.failed,
     )
 
@@ -137,13 +140,17 @@ def execution_from_rows(row: Mapping[str, Any], exchanges: Sequence[Mapping[str,
     )
 
 
+def encode_frames(client: Sequence[bytes], server: Sequence[bytes]) -> bytes:
+    return Frames(client=client, server=server).SerializeToString()
+
+
 def exchange_from_row(row: Mapping[str, Any]) -> Exchange:
+    frames = Frames.FromString(bytes(row["frames"]))
     return Exchange(
         protocol=Protocol(row["protocol"]), connection=row["connection"], seq=row["seq"],
         lifetime=Lifetime(row["lifetime"]), request_id=row["request_id"],
         started_at=row["started_at"], duration=row["duration"],
-        client_frames=[bytes(f) for f in row["client_frames"]],
-        server_frames=[bytes(f) for f in row["server_frames"]],
+        client_frames=list(frames.client), server_frames=list(frames.server),
         request=json.loads(row["request"]), response=json.loads(row["response"]),
         source=Source(row["source"]) if row["source"] else None, failed=bool(row["failed"]),
     )

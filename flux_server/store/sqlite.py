@@ -51,7 +51,7 @@ RETENTION_CHUNK = 500
 EXCHANGE_TABLE_COLUMNS = """
     position INTEGER NOT NULL, protocol TEXT NOT NULL, connection INTEGER NOT NULL,
     seq INTEGER NOT NULL, lifetime TEXT NOT NULL, request_id TEXT, started_at REAL NOT NULL,
-    duration REAL NOT NULL, client_frames BLOB NOT NULL, server_frames BLOB NOT NULL,
+    duration REAL NOT NULL, frames BLOB NOT NULL,
     request TEXT NOT NULL, response TEXT NOT NULL, source TEXT, failed INTEGER NOT NULL
 """
 
@@ -101,24 +101,6 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def pack_frames(frames: Sequence[bytes]) -> bytes:
-    """SQLite has no arrays: frames are stored length-prefixed in one blob."""
-    return b"".join(len(f).to_bytes(4, "big") + f for f in frames)
-
-
-def unpack_frames(blob: bytes) -> list[bytes]:
-    frames, at = [], 0
-    while at < len(blob):
-        size = int.from_bytes(blob[at:at + 4], "big")
-        frames.append(blob[at + 4:at + 4 + size])
-        at += 4 + size
-    return frames
-
-
-def _sqlite_exchange_row(owner_id: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (owner_id, *row[:8], pack_frames(row[8]), pack_frames(row[9]), *row[10:])
-
-
 JSON_EXECUTION_COLUMNS = [EXECUTION_COLUMNS.index(c) for c in (
     "request_headers", "response_headers", "determinism", "upstreams")]
 JSON_EXCHANGE_COLUMNS = [EXCHANGE_COLUMNS.index(c) for c in ("request", "response")]
@@ -134,13 +116,6 @@ def check_json(record: PreparedExecution | PreparedBoot) -> None:
             json.loads(text)
         except ValueError as exc:
             raise InvalidRecord(f"record {record.id} holds invalid JSON: {exc}") from None
-
-
-def _exchange_mapping(row: sqlite3.Row) -> dict[str, Any]:
-    mapping = dict(row)
-    mapping["client_frames"] = unpack_frames(mapping["client_frames"])
-    mapping["server_frames"] = unpack_frames(mapping["server_frames"])
-    return mapping
 
 
 def default_sqlite_path() -> Path:
@@ -250,7 +225,7 @@ class SqliteStore(Store):
                                [e.row for e in executions])
         await conn.executemany(
             _insert_sql("exchanges", ("execution_id", *EXCHANGE_COLUMNS)),
-            [_sqlite_exchange_row(e.id, x) for e in executions for x in e.exchanges])
+            [(e.id, *x) for e in executions for x in e.exchanges])
         await conn.executemany(
             _insert_sql("console_lines", ("execution_id", *CONSOLE_COLUMNS)),
             [(e.id, *c) for e in executions for c in e.console])
@@ -266,7 +241,7 @@ class SqliteStore(Store):
                 stored += 1
                 await conn.executemany(
                     _insert_sql("boot_exchanges", ("boot_id", *EXCHANGE_COLUMNS)),
-                    [_sqlite_exchange_row(boot.id, x) for x in boot.exchanges])
+                    [(boot.id, *x) for x in boot.exchanges])
         return stored
 
     async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
@@ -305,7 +280,7 @@ class SqliteStore(Store):
         console = await self._fetch(
             f"SELECT {', '.join(CONSOLE_COLUMNS)} FROM console_lines WHERE execution_id = ? "
             "ORDER BY position", (execution_id,))
-        return execution_from_rows(rows[0], [_exchange_mapping(x) for x in exchanges], console)
+        return execution_from_rows(rows[0], exchanges, console)
 
     async def get_boot(self, boot_id: str) -> BootRecord | None:
         rows = await self._fetch("SELECT * FROM boot_records WHERE id = ?", (boot_id,))
@@ -314,7 +289,7 @@ class SqliteStore(Store):
         exchanges = await self._fetch(
             f"SELECT {', '.join(EXCHANGE_COLUMNS)} FROM boot_exchanges WHERE boot_id = ? "
             "ORDER BY position", (boot_id,))
-        return boot_from_rows(rows[0], [_exchange_mapping(x) for x in exchanges])
+        return boot_from_rows(rows[0], exchanges)
 
     async def search_matches(self, ids: Sequence[str], search: str) -> set[str]:
         if not ids:
