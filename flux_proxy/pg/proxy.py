@@ -131,12 +131,14 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.state == _RELAYING:
+            # Forward first (latency), then frame and record. Garbage reaches the upstream
+            # only to be cut off with it.
+            self.upstream.write(data)  # type: ignore[union-attr]
             try:
                 frames = self.frontend.feed(data)
             except ProtocolError as exc:
                 self._client_protocol_error(exc)
                 return
-            self.upstream.write(data)  # type: ignore[union-attr]
             if frames:
                 self.session.client_frames(frames, _now())
         elif self.state == _GREETING:
@@ -256,6 +258,9 @@ class ClientConnection(asyncio.Protocol):
         log.warning("pg proxy connection %d: protocol error from client: %s", self.id, exc)
         frame = error_response("FATAL", "08P01", f"invalid frontend message: {exc}")
         self.session.connection_lost(f"protocol error from client: {exc}", _now(), frame)
+        self.state = _CLOSED
+        if self.upstream is not None:
+            self.upstream.abort()
         self._fail_client(frame)
 
     def upstream_protocol_error(self, exc: ProtocolError) -> None:
@@ -295,12 +300,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self.client_transport.write(data)  # type: ignore[union-attr]
         try:
             frames = self.backend.feed(data)
         except ProtocolError as exc:
             self.client.upstream_protocol_error(exc)
             return
-        self.client_transport.write(data)  # type: ignore[union-attr]
         if frames:
             self.session.server_frames(frames, _now())
 

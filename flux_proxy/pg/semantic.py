@@ -37,7 +37,8 @@ class StatementInfo:
 
     def reads_only_catalog(self) -> bool:
         if self._catalog is None:
-            self._catalog = sql_reads_only_catalog(self.parse[5:])
+            start = self.parse.index(b"\0", 5) + 1
+            self._catalog = sql_reads_only_catalog(self.parse[start:self.parse.index(b"\0", start)])
         return self._catalog
 
 

@@ -27,6 +27,7 @@ class CaptureRelay:
         self.captures: list[Capture] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
         self.port = 0
 
     async def start(self) -> CaptureRelay:
@@ -44,10 +45,17 @@ class CaptureRelay:
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await task
 
+    def sever(self) -> None:
+        """Cut every relayed connection abruptly (RST), as a crashed server or network would."""
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         capture = Capture()
         self.captures.append(capture)
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self._writers += [writer, up_writer]
         pumps = [asyncio.ensure_future(self._pump(reader, up_writer, capture.client)),
                  asyncio.ensure_future(self._pump(up_reader, writer, capture.server))]
         self._tasks.update(pumps)

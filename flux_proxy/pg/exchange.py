@@ -1,0 +1,82 @@
+"""`PgExchange`: the shared `Exchange`, assembled in place and decoded lazily.
+
+The session builds one object per exchange and fills it while frames arrive (no second object
+at completion). Its semantic `request`/`response` are decoded from the raw frames the first
+time either is read, so the proxy's hot path never decodes a field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flux_proxy.model import Exchange, Lifetime, Protocol
+from flux_proxy.pg.semantic import ExchangeContext, StatementInfo, build_semantics
+
+_request_slot = Exchange.__dict__["request"]
+_response_slot = Exchange.__dict__["response"]
+
+KIND_SIMPLE = "simple"
+KIND_EXTENDED = "extended"
+KIND_FUNCTION = "function"
+KIND_SESSION = "session"
+
+
+class PgExchange(Exchange):
+    __slots__ = ("_lazy", "bind", "broken", "done", "has_execute", "kind", "last_at",
+                 "pending", "sealed", "statement")
+
+    def __init__(self, connection: int, seq: int, kind: str, request_id: str | None,
+                 started_at: float, lifetime: Lifetime = Lifetime.REQUEST) -> None:
+        self.protocol = Protocol.POSTGRES
+        self.connection = connection
+        self.seq = seq
+        self.lifetime = lifetime
+        self.request_id = request_id
+        self.started_at = started_at
+        self.duration = 0.0
+        self.client_frames = []
+        self.server_frames = []
+        self.source = None
+        self.failed = False
+        self._lazy = True
+        # Assembly state (see PgSession)
+        self.kind = kind
+        self.last_at = started_at
+        self.pending = 0  # client messages still waiting for (the end of) their reply
+        self.sealed = False  # no more client frames will join
+        self.has_execute = False
+        self.done = False
+        # Session state this exchange used, snapshotted at completion
+        self.statement: StatementInfo | None = None
+        self.bind: bytes | None = None
+        self.broken: str | None = None
+
+    def _decode(self) -> None:
+        self._lazy = False
+        context = ExchangeContext(self.kind, self.statement, self.bind, self.broken)
+        request, response = build_semantics(self.client_frames, self.server_frames, context)
+        _request_slot.__set__(self, request)
+        _response_slot.__set__(self, response)
+
+    def _get_request(self) -> dict[str, Any]:
+        if self._lazy:
+            self._decode()
+        return _request_slot.__get__(self)  # type: ignore[no-any-return]
+
+    def _set_request(self, value: dict[str, Any]) -> None:
+        if self._lazy:
+            self._decode()  # a later assignment must not be overwritten by the decode
+        _request_slot.__set__(self, value)
+
+    def _get_response(self) -> dict[str, Any]:
+        if self._lazy:
+            self._decode()
+        return _response_slot.__get__(self)  # type: ignore[no-any-return]
+
+    def _set_response(self, value: dict[str, Any]) -> None:
+        if self._lazy:
+            self._decode()
+        _response_slot.__set__(self, value)
+
+    request = property(_get_request, _set_request)  # type: ignore[assignment]
+    response = property(_get_response, _set_response)  # type: ignore[assignment]
