@@ -124,6 +124,7 @@ class FluxServer:
 
     async def _maintain(self) -> None:
         """Applies retention (and, on Postgres, creates the coming days' partitions)."""
+        first_run = True
         while True:
             try:
                 ensure_partitions = getattr(self.store, "ensure_partitions", None)
@@ -132,9 +133,11 @@ class FluxServer:
                 if self.retention is not None:
                     removed = await self.store.apply_retention(time.time() - self.retention)
                     if removed:
-                        log.info("flux-server: retention removed %d executions", removed)
+                        log.info("retention removed %d executions", removed)
             except StoreUnavailable as exc:
-                log.warning("flux-server: maintenance skipped: %s", exc)
+                if not (first_run and self.store_error):  # the start-up line said so already
+                    log.warning("maintenance skipped: %s", exc)
+            first_run = False
             await asyncio.sleep(MAINTENANCE_INTERVAL_SECONDS)
 
     async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -442,25 +442,35 @@ class PostgresStore(Store):
             await asyncio.wait_for(self.listening.wait(), timeout)
 
     async def _listen_forever(self) -> None:
-        """Keeps one LISTEN connection up, reconnecting after the database comes back."""
+        """Keeps one LISTEN connection up, reconnecting after the database comes back.
+        Logs the loss and the return once each, not every failed attempt."""
+        ever_connected = announced_loss = False
         while not self._closing:
             try:
-                await self._listen_once()
+                async for _ in self._listen_once():
+                    ever_connected = True
+                    if announced_loss:
+                        log.warning("tail listener is back on %s", self._where)
+                        announced_loss = False
             except asyncio.CancelledError:
                 raise
             except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-                log.warning("flux-server: tail listener lost %s (%s); reconnecting",
-                            self._where, exc)
+                log.debug("tail listener: %s", exc)
+            if ever_connected and not announced_loss:
+                log.warning("tail listener lost %s; reconnecting", self._where)
+                announced_loss = True
             await asyncio.sleep(LISTENER_RETRY_SECONDS)
 
-    async def _listen_once(self) -> None:
-        """Listens until the connection is lost (noticed at once, or by a periodic ping)."""
+    async def _listen_once(self) -> AsyncIterator[None]:
+        """Yields once connected, then listens until the connection is lost (noticed at once
+        by asyncpg, or by a periodic ping)."""
         conn = await asyncpg.connect(self.url, timeout=self._connect_timeout)
         lost = asyncio.Event()
         try:
             conn.add_termination_listener(lambda _conn: lost.set())
             await conn.add_listener(CHANNEL, self._on_notify)
             self.listening.set()
+            yield
             while not lost.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lost.wait(), LISTENER_CHECK_SECONDS)
@@ -485,4 +495,4 @@ class PostgresStore(Store):
         try:
             self.hub.publish(await self.summaries(ids))
         except StoreUnavailable as exc:
-            log.warning("flux-server: could not fetch %d tailed executions: %s", len(ids), exc)
+            log.warning("could not fetch %d tailed executions: %s", len(ids), exc)

@@ -247,3 +247,19 @@ async def test_server_applies_retention_at_start(tmp_path: Path) -> None:
             assert (await client.list()).executions[0].id == recent.id
     finally:
         await server.stop()
+
+
+async def test_an_unusable_sqlite_file_is_unavailable_not_a_crash(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    server = FluxServer(SqliteStore(blocker / "flux.db"), "127.0.0.1:0")
+    await server.start()
+    try:
+        assert server.store_error is not None and "not-a-directory" in server.store_error
+        async with FluxClient(server.address) as client:
+            with pytest.raises(RecordStoreUnavailable, match="cannot open"):
+                await client.list()
+            blocker.unlink()  # the problem goes away: the next call opens the store
+            assert (await client.record_batch([make_execution()])).executions == 1
+    finally:
+        await server.stop()
