@@ -215,16 +215,16 @@ class PgSession:
         if self.closed:
             return
         self.closed = True
-        unfinished: list[PgExchange] = []
+        # By identity: Exchange equality compares (and so would decode) the semantics.
+        unfinished: dict[int, PgExchange] = {}
         for _, _, ex in self._queue:
-            if ex not in unfinished:
-                unfinished.append(ex)
-        for ex in (self._batch, self._tail):
-            if ex is not None and not ex.done and ex not in unfinished:
-                unfinished.append(ex)
+            unfinished.setdefault(id(ex), ex)
+        for maybe in (self._batch, self._tail):
+            if maybe is not None and not maybe.done:
+                unfinished.setdefault(id(maybe), maybe)
         self._queue.clear()
         self._batch = self._tail = None
-        for i, ex in enumerate(unfinished):
+        for i, ex in enumerate(sorted(unfinished.values(), key=lambda e: e.seq)):
             ex.failed = True
             ex.pending = 0
             ex.broken = reason

@@ -231,10 +231,12 @@ def test_connection_lost_records_unfinished_exchanges_as_failed() -> None:
 
 def test_client_gone_without_error_frame_still_names_the_reason() -> None:
     h = Harness()
-    h.client(m.Query("SELECT pg_sleep(10)"))
+    h.client(m.Parse("", "SELECT 1"), m.Bind(), m.Execute(), m.Parse("", "SELECT 2"),
+             m.Bind(), m.Execute(), m.Sync())
     h.session.connection_lost("client disconnected", 105.0)
-    [ex] = h.exchanges
-    assert ex.failed and ex.response["error"]["message"] == "client disconnected"
+    assert [ex.seq for ex in h.exchanges] == [1, 2]
+    for ex in h.exchanges:
+        assert ex.failed and ex.response["error"]["message"] == "client disconnected"
 
 
 def test_startup_exchange_is_session_lifetime_without_password() -> None:
