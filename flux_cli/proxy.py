@@ -37,7 +37,7 @@ def proxy_command(kind: str, upstream: str, listen: str, record_path: str | None
     if kind == "pg":
         from flux_proxy.pg.proxy import run_standalone
     else:
-        from flux_proxy.resp.proxy import run_standalone
+        from flux_proxy.resp.standalone import run_standalone
 
     def announce(actual_port: int) -> None:
         click.echo(f"flux: proxying {proxy_url(upstream, host, actual_port)} -> upstream",

@@ -31,9 +31,9 @@ def make_recording_proxy(upstream: str, sink: ExchangeSink) -> RecordingProxy:
         from flux_proxy.pg.proxy import PgRecordProxy
 
         return PgRecordProxy(upstream, sink)
-    from flux_proxy.resp.proxy import RedisRecordProxy
+    from flux_proxy.resp.proxy import RedisProxy
 
-    return RedisRecordProxy(upstream, sink)
+    return RedisProxy(upstream, sink)
 
 
 @dataclass
