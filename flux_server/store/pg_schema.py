@@ -8,7 +8,11 @@ Partitions are created on demand; there is no default partition, which keeps
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
+
 SCHEMA = "flux"
+DAY = 86400
 PARTITIONED_TABLES = ("executions", "exchanges", "console_lines")
 MIGRATION_LOCK = 0x666C7578_0001  # pg_advisory lock keys: "flux" + purpose
 PARTITION_LOCK = 0x666C7578_0002
@@ -102,3 +106,20 @@ MIGRATIONS: list[tuple[int, str]] = [
     );
     """),
 ]
+
+
+def day_of(timestamp: float) -> int:
+    return math.floor(timestamp / DAY)
+
+
+def partition_name(table: str, day: int) -> str:
+    return f"{table}_{datetime.fromtimestamp(day * DAY, UTC):%Y%m%d}"
+
+
+def partition_day(name: str) -> int | None:
+    """The day of a partition table name, or None for anything else."""
+    _, _, stamp = name.rpartition("_")
+    try:
+        return day_of(datetime.strptime(stamp, "%Y%m%d").replace(tzinfo=UTC).timestamp())
+    except ValueError:
+        return None

@@ -9,19 +9,15 @@ never make ingest fail on the 8000-byte NOTIFY limit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import logging
-import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
 
 from flux_server.filters import ExecutionFilter
-from flux_server.records import BootRecord, Execution, ExecutionSummary, Mode, Outcome
+from flux_server.records import BootRecord, Execution, ExecutionSummary
 from flux_server.store.base import (
     MAX_AMBIGUOUS_CANDIDATES,
     AmbiguousPrefix,
@@ -35,12 +31,17 @@ from flux_server.store.base import (
     id_range,
     page_size,
 )
+from flux_server.store.pg_notify import CHANNEL, CONNECTION_ERRORS, NotifyListener, notify_payloads
 from flux_server.store.pg_schema import (
+    DAY,
     MIGRATION_LOCK,
     MIGRATIONS,
     PARTITION_LOCK,
     PARTITIONED_TABLES,
     SCHEMA,
+    day_of,
+    partition_day,
+    partition_name,
 )
 from flux_server.store.query import SqlParams, search_condition, where_clause
 from flux_server.store.rows import (
@@ -51,29 +52,12 @@ from flux_server.store.rows import (
     PreparedBoot,
     PreparedExecution,
     boot_from_rows,
-    dump,
     execution_from_rows,
     summary_from_row,
 )
 
-log = logging.getLogger("flux.server.store")
-
 T = TypeVar("T")
 
-CHANNEL = "flux_executions"
-DAY = 86400
-NOTIFY_PAYLOAD_LIMIT = 7800  # Postgres refuses payloads of 8000 bytes or more
-NOTIFY_ITEM_LIMIT = 1500  # a summary longer than this travels as its id alone
-LISTENER_RETRY_SECONDS = 1.0
-LISTENER_CHECK_SECONDS = 5.0
-
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,  # shutdown, starting up
-    asyncpg.InterfaceError,  # the connection was closed under us
-)
 RETRYABLE_WRITE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.UniqueViolationError,  # another server stored the same retried batch just now
     asyncpg.CheckViolationError,  # "no partition ... found": retention dropped the day
@@ -81,64 +65,10 @@ RETRYABLE_WRITE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def day_of(timestamp: float) -> int:
-    return math.floor(timestamp / DAY)
-
-
-def partition_name(table: str, day: int) -> str:
-    return f"{table}_{datetime.fromtimestamp(day * DAY, UTC):%Y%m%d}"
-
-
-def partition_day(name: str) -> int | None:
-    """The day of a partition table name, or None for anything else."""
-    _, _, stamp = name.rpartition("_")
-    try:
-        return day_of(datetime.strptime(stamp, "%Y%m%d").replace(tzinfo=UTC).timestamp())
-    except ValueError:
-        return None
-
-
 def describe_url(url: str) -> str:
     """host:port/database, without user or password, for messages."""
     parts = urlsplit(url)
     return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
-
-
-def summary_payload(summary: ExecutionSummary) -> dict[str, Any]:
-    return {"id": summary.id, "started_at": summary.started_at, "duration": summary.duration,
-            "method": summary.method, "path": summary.path, "status": summary.status,
-            "outcome": summary.outcome.value, "error_message": summary.error_message,
-            "mode": summary.mode.value, "parent_id": summary.parent_id,
-            "replay_outcome": summary.replay_outcome}
-
-
-def notify_payloads(summaries: Sequence[ExecutionSummary]) -> list[str]:
-    """JSON arrays under the NOTIFY limit; an oversized summary becomes `{"id": ...}`."""
-    payloads: list[str] = []
-    items: list[str] = []
-    size = 2
-    for summary in summaries:
-        item = dump(summary_payload(summary))
-        if len(item.encode()) > NOTIFY_ITEM_LIMIT:
-            item = dump({"id": summary.id})
-        item_size = len(item.encode()) + 1
-        if items and size + item_size > NOTIFY_PAYLOAD_LIMIT:
-            payloads.append("[" + ",".join(items) + "]")
-            items, size = [], 2
-        items.append(item)
-        size += item_size
-    if items:
-        payloads.append("[" + ",".join(items) + "]")
-    return payloads
-
-
-def summary_from_payload(item: dict[str, Any]) -> ExecutionSummary:
-    return ExecutionSummary(
-        id=item["id"], started_at=item["started_at"], duration=item["duration"],
-        method=item["method"], path=item["path"], status=item["status"],
-        outcome=Outcome(item["outcome"]), error_message=item["error_message"],
-        mode=Mode(item["mode"]), parent_id=item["parent_id"],
-        replay_outcome=item["replay_outcome"])
 
 
 class PostgresStore(Store):
@@ -151,10 +81,8 @@ class PostgresStore(Store):
         self._pool: asyncpg.Pool | None = None
         self._open_lock = asyncio.Lock()
         self._known_days: set[int] = set()
-        self._listener_task: asyncio.Task[None] | None = None
-        self._closing = False
-        self.listening = asyncio.Event()  # set while the NOTIFY listener is connected
-        self._fetch_tasks: set[asyncio.Task[None]] = set()
+        self.listener = NotifyListener(url, self._where, self.hub, self.summaries,
+                                       connect_timeout=connect_timeout)
 
     @property
     def description(self) -> str:
@@ -167,9 +95,7 @@ class PostgresStore(Store):
     # -- connection management -------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._listener_task is None:
-            self._listener_task = asyncio.create_task(self._listen_forever(),
-                                                      name="flux-pg-listener")
+        self.listener.start()
         await self._get_pool()
 
     async def _get_pool(self) -> asyncpg.Pool:
@@ -212,12 +138,8 @@ class PostgresStore(Store):
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
-        self._closing = True
         self.hub.close()
-        if self._listener_task is not None:
-            self._listener_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener_task
+        await self.listener.stop()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -437,62 +359,5 @@ class PostgresStore(Store):
 
     # -- tail ------------------------------------------------------------------------------
 
-    async def ready_for_tail(self, timeout: float = 5.0) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.listening.wait(), timeout)
-
-    async def _listen_forever(self) -> None:
-        """Keeps one LISTEN connection up, reconnecting after the database comes back.
-        Logs the loss and the return once each, not every failed attempt."""
-        ever_connected = announced_loss = False
-        while not self._closing:
-            try:
-                async for _ in self._listen_once():
-                    ever_connected = True
-                    if announced_loss:
-                        log.warning("tail listener is back on %s", self._where)
-                        announced_loss = False
-            except asyncio.CancelledError:
-                raise
-            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-                log.debug("tail listener: %s", exc)
-            if ever_connected and not announced_loss:
-                log.warning("tail listener lost %s; reconnecting", self._where)
-                announced_loss = True
-            await asyncio.sleep(LISTENER_RETRY_SECONDS)
-
-    async def _listen_once(self) -> AsyncIterator[None]:
-        """Yields once connected, then listens until the connection is lost (noticed at once
-        by asyncpg, or by a periodic ping)."""
-        conn = await asyncpg.connect(self.url, timeout=self._connect_timeout)
-        lost = asyncio.Event()
-        try:
-            conn.add_termination_listener(lambda _conn: lost.set())
-            await conn.add_listener(CHANNEL, self._on_notify)
-            self.listening.set()
-            yield
-            while not lost.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), LISTENER_CHECK_SECONDS)
-                if not lost.is_set():
-                    await conn.fetchval("SELECT 1", timeout=self._connect_timeout)
-        finally:
-            self.listening.clear()
-            if not conn.is_closed():
-                conn.terminate()
-
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        items = json.loads(payload)
-        complete = [summary_from_payload(i) for i in items if "started_at" in i]
-        self.hub.publish(complete)
-        partial = [i["id"] for i in items if "started_at" not in i]
-        if partial:
-            task = asyncio.get_running_loop().create_task(self._publish_by_id(partial))
-            self._fetch_tasks.add(task)
-            task.add_done_callback(self._fetch_tasks.discard)
-
-    async def _publish_by_id(self, ids: list[str]) -> None:
-        try:
-            self.hub.publish(await self.summaries(ids))
-        except StoreUnavailable as exc:
-            log.warning("could not fetch %d tailed executions: %s", len(ids), exc)
+    async def ready_for_tail(self) -> None:
+        await self.listener.ready()
