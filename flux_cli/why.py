@@ -123,7 +123,8 @@ def summarize_response(x: Exchange) -> str:
             more = f" (+{len(rows) - 2} more)" if len(rows) > 2 else ""
             return f"{tag} → {shown}{more}"
         return tag
-    return _short(x.response.get("value"), 100)
+    value = x.response.get("value")
+    return "(nil)" if value is None else _short(value, 100)
 
 
 def _short(value: Any, limit: int = 40) -> str:
