@@ -29,7 +29,9 @@ from flux_server.server import DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES
 from flux_server.service import (
     AUTHENTICATION_FAILED,
     CANDIDATES_METADATA_KEY,
+    SERVER_STOPPING,
     STORE_UNAVAILABLE_PREFIX,
+    TAIL_FELL_BEHIND,
     TAIL_SUBSCRIBED,
     TOKEN_METADATA_KEY,
     bearer,
@@ -73,6 +75,10 @@ class InvalidRequest(FluxClientError):
 
 class MessageTooLarge(FluxClientError):
     pass
+
+
+class TailFellBehind(FluxClientError):
+    """The tail could not keep up; reconnecting starts a fresh one."""
 
 
 def server_address(address: str | None = None) -> str:
@@ -136,12 +142,15 @@ class FluxClient:
         if code == grpc.StatusCode.UNAVAILABLE:
             if details.startswith(STORE_UNAVAILABLE_PREFIX):
                 return RecordStoreUnavailable(details)
+            if details == SERVER_STOPPING:
+                return ServerUnavailable(f"flux server at {self.address} is stopping")
             return ServerUnavailable(f"no flux server answers at {self.address} (start one "
                                      "with `flux server`, or point FLUX_SERVER at one)")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return ServerUnavailable(f"flux server at {self.address} did not answer in time")
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return MessageTooLarge(details)
+            return TailFellBehind(details) if details == TAIL_FELL_BEHIND else MessageTooLarge(
+                details)
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return InvalidRequest(details)
         return FluxClientError(f"flux server at {self.address}: {code.name.lower()}: {details}")

@@ -46,6 +46,8 @@ CANDIDATES_METADATA_KEY = "flux-candidates"
 AUTHENTICATION_FAILED = "authentication failed"
 STORE_UNAVAILABLE_PREFIX = "record store unavailable"
 TAIL_SUBSCRIBED = (("flux-tail", "subscribed"),)
+TAIL_FELL_BEHIND = "tail fell too far behind the executions being recorded; reconnect"
+SERVER_STOPPING = "flux server is stopping"
 
 
 def bearer(token: str) -> str:
@@ -138,20 +140,24 @@ class FluxService(pb_grpc.FluxServicer):
         await self._authenticate(context)
         flt = await self._filter(request.filter, context)
         subscription = self.store.subscribe()
-        await self.store.ready_for_tail()
-        await context.send_initial_metadata(TAIL_SUBSCRIBED)  # the client knows it is on
-        async for summary in subscription:
-            if not flt.matches(summary):
-                continue
-            if flt.search is not None:
-                matches = await self._store_call(
-                    context, self.store.search_matches([summary.id], flt.search))
-                if summary.id not in matches:
+        try:
+            await self.store.ready_for_tail()
+            await context.send_initial_metadata(TAIL_SUBSCRIBED)  # the client knows it is on
+            async for summary in subscription:
+                if not flt.matches(summary):
                     continue
-            yield summary_to_proto(summary)
+                if flt.search is not None:
+                    matches = await self._store_call(
+                        context, self.store.search_matches([summary.id], flt.search))
+                    if summary.id not in matches:
+                        continue
+                yield summary_to_proto(summary)
+        finally:
+            subscription.close()
         if subscription.lagged:
-            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        "tail fell too far behind the executions being recorded; reconnect")
+            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, TAIL_FELL_BEHIND)
+        # the subscription only ends otherwise when the server stops: tell the client to retry
+        await abort(context, grpc.StatusCode.UNAVAILABLE, SERVER_STOPPING)
 
     @staticmethod
     async def _filter(message: pb.ExecutionFilter,

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from flux_server.filters import ExecutionFilter
@@ -135,15 +135,19 @@ class Subscription:
             self._queue.get_nowait()
         self._queue.put_nowait(None)
 
-    def __aiter__(self) -> AsyncIterator[ExecutionSummary]:
-        return self._iterate()
+    def close(self) -> None:
+        """Stops receiving; the reader should call it when it goes away."""
+        self._hub.discard(self)
 
-    async def _iterate(self) -> AsyncIterator[ExecutionSummary]:
-        try:
-            while (summary := await self._queue.get()) is not None:
-                yield summary
-        finally:
-            self._hub.discard(self)
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> ExecutionSummary:
+        summary = await self._queue.get()
+        if summary is None:
+            self._queue.put_nowait(None)  # ended for good: later reads end too
+            raise StopAsyncIteration
+        return summary
 
 
 class SummaryHub:

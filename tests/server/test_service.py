@@ -92,6 +92,18 @@ async def test_tail_streams_new_matching_executions(client: FluxClient) -> None:
     stream.cancel()
 
 
+async def test_a_stopping_server_ends_tails_with_unavailable(tmp_path: Path) -> None:
+    server = FluxServer(SqliteStore(tmp_path / "flux.db"), "127.0.0.1:0")
+    await server.start()
+    async with FluxClient(server.address) as client:
+        stream = client.tail()
+        await stream.started()
+        await server.stop()
+        with pytest.raises(ServerUnavailable, match="stopping"):
+            async with asyncio.timeout(5):
+                await anext(stream)
+
+
 async def test_token_is_required_when_set(tmp_path: Path) -> None:
     secured = FluxServer(SqliteStore(tmp_path / "flux.db"), "127.0.0.1:0", token="s3cret")
     await secured.start()
