@@ -270,31 +270,32 @@ class CommandScanner(_Scanner):
                     raise ProtocolError(f"invalid multibulk length {digits[:32]!r}")
                 pos = nl + 2
                 continue
-            if pos >= end_of_buf:
-                self._keep(buf, start, pos, need, pos + 1)
-                return frames
-            if buf[pos] != _DOLLAR:
-                raise ProtocolError(f"expected '$', got {buf[pos:pos + 1]!r}")
-            nl = buf.find(CRLF, pos + 1)
-            if nl < 0:
-                if end_of_buf - pos > limits.max_line:
-                    raise ProtocolError("too big bulk header")
-                self._keep(buf, start, pos, need, end_of_buf + 1)
-                return frames
-            digits = buf[pos + 1:nl]
-            if not (digits.isdigit() and len(digits) < 19):
-                raise ProtocolError(f"invalid bulk length {digits[:32]!r}")
-            length = int(digits)
-            if length > limits.max_bulk:
-                raise ProtocolError(f"invalid bulk length {length}")
-            stop = nl + 4 + length
-            if stop > end_of_buf:
-                self._keep(buf, start, pos, need, stop)
-                return frames
-            if buf[stop - 2:stop] != CRLF:
-                raise ProtocolError("bulk string not terminated by CRLF")
-            pos = stop
-            need -= 1
+            max_bulk = limits.max_bulk
+            while need:  # the bulk strings of the current command
+                if pos >= end_of_buf:
+                    self._keep(buf, start, pos, need, pos + 1)
+                    return frames
+                if buf[pos] != _DOLLAR:
+                    raise ProtocolError(f"expected '$', got {buf[pos:pos + 1]!r}")
+                nl = buf.find(CRLF, pos + 1)
+                if nl < 0:
+                    if end_of_buf - pos > limits.max_line:
+                        raise ProtocolError("too big bulk header")
+                    self._keep(buf, start, pos, need, end_of_buf + 1)
+                    return frames
+                digits = buf[pos + 1:nl]
+                if not digits.isdigit():
+                    raise ProtocolError(f"invalid bulk length {digits[:32]!r}")
+                stop = nl + 4 + int(digits)
+                if stop - nl - 4 > max_bulk:
+                    raise ProtocolError(f"invalid bulk length {stop - nl - 4}")
+                if stop > end_of_buf:
+                    self._keep(buf, start, pos, need, stop)
+                    return frames
+                if not buf.startswith(CRLF, stop - 2):
+                    raise ProtocolError("bulk string not terminated by CRLF")
+                pos = stop
+                need -= 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,9 +57,13 @@ def command_json(args: list[bytes]) -> dict[str, Any]:
     if not args:
         return {"command": "", "args": []}
     command = args[0].decode("utf-8", "replace").upper()
-    rendered = [text_or_base64(a) for a in args[1:]]
-    for index in password_positions(command, args):
-        rendered[index - 1] = REDACTED
+    try:
+        rendered: list[Any] = [a.decode() for a in args[1:]]
+    except UnicodeDecodeError:
+        rendered = [text_or_base64(a) for a in args[1:]]
+    if command == "AUTH" or command == "HELLO":
+        for index in password_positions(command, args):
+            rendered[index - 1] = REDACTED
     return {"command": command, "args": rendered}
 
 
@@ -147,14 +151,44 @@ def reply_json(value: RespValue) -> dict[str, Any]:
 
 
 def request_from_frame(raw: bytes) -> dict[str, Any]:
+    """`{command, args}` of one complete command frame, as the scanner returned it."""
+    if raw[:1] == b"*":
+        # Fast path: when no argument contains CRLF, a valid frame splits into exactly the
+        # count line, then a length line and the data for each argument, then b"".
+        parts = raw.split(b"\r\n")
+        count = parts[0][1:]
+        if count.isdigit() and len(parts) == 2 * int(count) + 2:
+            return command_json(parts[2:-1:2])
     try:
         return command_json(decode_command(raw))
     except ProtocolError as exc:
         return {"command": "", "args": [], "undecodable": str(exc)}
 
 
+def _simple_reply(frame: bytes) -> dict[str, Any] | None:
+    """The common one-line replies without a full decode; None for anything else."""
+    kind = frame[0]
+    if kind == 0x2B:  # +OK
+        return {"value": text_or_base64(frame[1:-2]), "error": None}
+    if kind == 0x24:  # $
+        if frame[1] == 0x2D:
+            return {"value": None, "error": None} if frame == b"$-1\r\n" else None
+        return {"value": text_or_base64(frame[frame.index(b"\r\n") + 2:-2]), "error": None}
+    if kind == 0x3A and frame[1:-2].lstrip(b"-").isdigit():  # :
+        return {"value": int(frame[1:-2]), "error": None}
+    if kind == 0x2D:  # -ERR
+        return {"value": None, "error": frame[1:-2].decode("utf-8", "replace")}
+    if frame == b"_\r\n":
+        return {"value": None, "error": None}
+    return None
+
+
 def response_from_frames(frames: list[bytes]) -> dict[str, Any]:
     """One reply; several frames (a multi-channel SUBSCRIBE) render as a list of values."""
+    if len(frames) == 1:
+        simple = _simple_reply(frames[0])
+        if simple is not None:
+            return simple
     try:
         values = [decode_reply(f) for f in frames]
     except ProtocolError as exc:

@@ -25,8 +25,9 @@ from __future__ import annotations
 from collections import deque
 from enum import IntEnum
 
-from flux_proxy.model import Exchange, Lifetime, Protocol, RequestTag
+from flux_proxy.model import Exchange, Lifetime, RequestTag
 from flux_proxy.resp.codec import ProtocolError, decode_command, decode_reply, encode_command
+from flux_proxy.resp.exchange import RedisExchange
 from flux_proxy.resp.render import password_positions
 from flux_proxy.resp.values import Attribute, Push
 
@@ -74,6 +75,19 @@ KINDS: dict[bytes, Kind] = {
     **{name: Kind.BLOCKING for name in BLOCKING_COMMANDS},
 }
 
+_KIND_BY_SPELLING: dict[bytes, Kind] = {}  # command name as sent -> kind, for the hot path
+
+
+def kind_of(name: bytes) -> Kind:
+    """The kind of a command name in any letter case (cached per spelling)."""
+    kind = _KIND_BY_SPELLING.get(name)
+    if kind is None:
+        kind = KINDS.get(name.upper(), Kind.PLAIN)
+        if len(_KIND_BY_SPELLING) < 4096:
+            _KIND_BY_SPELLING[name] = kind
+    return kind
+
+
 OK = b"+OK\r\n"
 UPSTREAM_LOST = "ERR flux: upstream connection lost"
 CLIENT_GONE = "flux: client disconnected before the reply"
@@ -113,8 +127,14 @@ def _first_element(frame: bytes) -> bytes | None:
     return frame[second + 2:second + 2 + int(length)].lower()
 
 
+_Plain = tuple[int, bytes, float, "str | None"]
+"""An ordinary command awaiting its reply, kept as a tuple on the hot path:
+(seq, client frame, started_at, request_id)."""
+
+
 class _Pending:
-    """A command sent (or about to be answered by the proxy) whose reply has not come yet."""
+    """A command that needs more than FIFO relaying (or the proxy's own reply), or an
+    ordinary one turned into this form by a slow path."""
 
     __slots__ = ("args", "client_frame", "close_after", "confirm", "kind", "lifetime",
                  "replies", "replies_left", "request_id", "seq", "started_at", "synthetic")
@@ -133,6 +153,13 @@ class _Pending:
         self.confirm: bytes | None = None  # (un)subscribe confirmation name expected
         self.replies_left = 1
         self.replies: list[bytes] = []
+
+
+def _as_pending(entry: _Pending | _Plain) -> _Pending:
+    if type(entry) is tuple:
+        seq, frame, started_at, request_id = entry
+        return _Pending(seq, frame, started_at, request_id, Lifetime.REQUEST)
+    return entry  # type: ignore[return-value]
 
 
 class RespSession:
@@ -157,7 +184,7 @@ class RespSession:
         self.patterns: set[bytes] = set()
         self.shard_channels: set[bytes] = set()
         self.upstream_error: str | None = None  # set when the upstream refused our login
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[_Pending | _Plain] = deque()
         self._pubsub_pending = 0
         self._slow_replies = False  # RESP2 subscribe mode or MONITOR: classify each reply
         self._seq = 0
@@ -173,7 +200,8 @@ class RespSession:
     @property
     def blocked(self) -> bool:
         """The oldest outstanding command is a blocking one (BLPOP, XREAD BLOCK, WAIT...)."""
-        return bool(self._pending) and self._pending[0].kind == Kind.BLOCKING
+        head = self._pending[0] if self._pending else None
+        return isinstance(head, _Pending) and head.kind == Kind.BLOCKING
 
     @property
     def outstanding(self) -> int:
@@ -181,22 +209,45 @@ class RespSession:
 
     # -- client side ----------------------------------------------------------------------
 
-    def client_commands(self, frames: list[bytes], now: float) -> None:
-        """Complete commands from the client, in order (raw frames from CommandScanner)."""
+    def client_commands(self, frames: list[bytes], now: float) -> bool:
+        """Complete commands from the client, in order (raw frames from CommandScanner).
+
+        True when every frame went to `upstream_out` unchanged and nothing else was queued,
+        so the caller may forward the bytes it received as they are."""
         if self._broken:
-            return
+            return False
+        verbatim = True
         pending = self._pending
+        upstream_out = self.upstream_out
         request_id = self.tag.current
+        relaying = self.upstream_error is None
+        kinds = _KIND_BY_SPELLING
         for frame in frames:
+            if frame[0] == 42 and relaying:  # `*N\r\n$L\r\nNAME...`: read NAME in place
+                first = frame.find(b"\r\n")
+                second = frame.find(b"\r\n", first + 2)
+                if second > 0:
+                    spelling = frame[second + 2:second + 2 + int(frame[first + 3:second])]
+                    kind = kinds.get(spelling)
+                    if kind is None:
+                        kind = kind_of(spelling)
+                    if kind == 0:
+                        self._seq += 1
+                        pending.append((self._seq, frame, now, request_id))
+                        upstream_out.append(frame)
+                        self._saw_request_command = True
+                        continue
+            verbatim = False
             name = command_name(frame)
-            kind = KINDS.get(name, Kind.PLAIN)
+            kind = KINDS.get(name, Kind.PLAIN) if name is not None else Kind.PLAIN
             if kind == Kind.PLAIN and name is not None and self.upstream_error is None:
                 self._seq += 1
-                pending.append(_Pending(self._seq, frame, now, request_id, Lifetime.REQUEST))
-                self.upstream_out.append(frame)
+                pending.append((self._seq, frame, now, request_id))
+                upstream_out.append(frame)
                 self._saw_request_command = True
                 continue
             self._special_command(frame, name, kind, now, request_id)
+        return verbatim
 
     def _special_command(self, frame: bytes, name: bytes | None, kind: Kind, now: float,
                          request_id: str | None) -> None:
@@ -338,42 +389,68 @@ class RespSession:
 
     # -- server side ----------------------------------------------------------------------
 
-    def server_frames(self, frames: list[bytes], now: float) -> None:
-        """Complete frames from the upstream, in order (raw frames from ReplyScanner)."""
+    def server_frames(self, frames: list[bytes], now: float) -> bool:
+        """Complete frames from the upstream, in order (raw frames from ReplyScanner).
+
+        True when `client_out` got exactly these frames, unchanged and nothing else."""
         pending = self._pending
         out = self.client_out
+        verbatim = True
         for frame in frames:
             first = frame[0]
             if first == 62 or first == 124 or self._slow_replies or not pending:
+                verbatim = False
                 self._special_frame(frame, now)
                 continue
-            entry = pending.popleft()
+            entry = pending[0]
+            if type(entry) is tuple:
+                pending.popleft()
+                seq, client_frame, started_at, request_id = entry
+                out.append(frame)
+                self.finished.append(RedisExchange(
+                    self.connection_id, seq, Lifetime.REQUEST, request_id, started_at,
+                    now - started_at, [client_frame], [frame], first == 45 or first == 33))
+                if pending and type(pending[0]) is not tuple and self._drain_synthetic(now):
+                    verbatim = False
+                continue
+            verbatim = False
             if entry.synthetic is not None or entry.confirm is not None:
-                pending.appendleft(entry)
                 self._special_frame(frame, now)
                 continue
+            pending.popleft()
             out.append(frame)
-            self.finished.append(Exchange(
-                Protocol.REDIS, self.connection_id, entry.seq, entry.lifetime, entry.request_id,
-                entry.started_at, now - entry.started_at, [entry.client_frame], [frame],
-                failed=first == 45 or first == 33))
+            self._finish(entry, [frame], now)
             if entry.kind:
                 self._after_reply(entry, frame)
-            if pending and pending[0].synthetic is not None:
-                self._drain_synthetic(now)
+            self._drain_synthetic(now)
+        return verbatim
 
-    def _drain_synthetic(self, now: float) -> None:
+    def _head(self) -> _Pending | None:
+        """The oldest outstanding command, in its full form (slow paths only)."""
+        if not self._pending:
+            return None
+        head = self._pending[0]
+        if type(head) is tuple:
+            head = self._pending[0] = _as_pending(head)
+        return head  # type: ignore[return-value]
+
+    def _drain_synthetic(self, now: float) -> bool:
+        """Send the proxy's own replies now at the head of the queue; True if any."""
         pending = self._pending
-        while pending and pending[0].synthetic is not None:
+        drained = False
+        while pending and type(pending[0]) is not tuple and pending[0].synthetic is not None:
             entry = pending.popleft()
+            assert isinstance(entry, _Pending)
             if entry.seq == 0 and entry.kind == Kind.RESET:
                 pending.appendleft(entry)  # an internal command still waiting for its reply
-                return
+                break
+            drained = True
             if entry.seq == 0 and entry.close_after:
                 self.client_out.append(entry.synthetic)
                 self.close_client = True
                 continue
             self._emit_synthetic(entry, now)
+        return drained
 
     def _special_frame(self, frame: bytes, now: float) -> None:
         """Replies that need a look inside: pushes, subscribe mode, MONITOR, internal ones."""
@@ -384,7 +461,7 @@ class RespSession:
                 is_push = isinstance(value, Attribute) and isinstance(value.value, Push)
             except ProtocolError:
                 is_push = False
-        head = self._pending[0] if self._pending else None
+        head = self._head()
         if is_push or (self.protocol == 2 and frame[0] == 42 and self._slow_replies):
             name = _first_element(frame)
             if head is not None and head.confirm is not None and name == head.confirm:
@@ -400,6 +477,7 @@ class RespSession:
             self._push(frame, now)  # nothing asked for it: keep it, flagged as out-of-band
             return
         entry = self._pending.popleft()
+        assert isinstance(entry, _Pending)
         if entry.seq == 0 and entry.kind == Kind.RESET:  # our own re-login after RESET
             self._drain_synthetic(now)
             return
@@ -428,9 +506,9 @@ class RespSession:
     def _push(self, frame: bytes, now: float) -> None:
         self.client_out.append(frame)
         self._seq += 1
-        self.finished.append(Exchange(
-            Protocol.REDIS, self.connection_id, self._seq, Lifetime.REQUEST, self.tag.current,
-            now, 0.0, [], [frame], request={"command": PUSH_COMMAND, "args": []}))
+        self.finished.append(RedisExchange(
+            self.connection_id, self._seq, Lifetime.REQUEST, self.tag.current, now, 0.0, [],
+            [frame], request={"command": PUSH_COMMAND, "args": []}))
 
     def _after_reply(self, entry: _Pending, frame: bytes) -> None:
         """State that only changes once the server said yes."""
@@ -449,10 +527,9 @@ class RespSession:
                 failed: bool | None = None, error: str | None = None) -> None:
         if failed is None:
             failed = any(f[:1] in (b"-", b"!") for f in server_frames)
-        exchange = Exchange(
-            Protocol.REDIS, self.connection_id, entry.seq, entry.lifetime, entry.request_id,
-            entry.started_at, now - entry.started_at, [entry.client_frame], list(server_frames),
-            failed=failed)
+        exchange = RedisExchange(
+            self.connection_id, entry.seq, entry.lifetime, entry.request_id, entry.started_at,
+            now - entry.started_at, [entry.client_frame], list(server_frames), failed)
         if error is not None:
             exchange.response = {"value": None, "error": error}
         self.finished.append(exchange)
@@ -464,7 +541,7 @@ class RespSession:
         queued or future, is answered with the upstream's error text."""
         self.upstream_error = error
         self.upstream_out.clear()
-        waiting = list(self._pending)
+        waiting = [_as_pending(entry) for entry in self._pending]
         self._pending.clear()
         for entry in waiting:
             if entry.seq == 0:
@@ -477,7 +554,7 @@ class RespSession:
     def upstream_lost(self, now: float, reason: str = UPSTREAM_LOST) -> None:
         """The upstream connection broke: every outstanding command fails cleanly, and the
         client connection closes (its server-side state is gone)."""
-        waiting = list(self._pending)
+        waiting = [_as_pending(entry) for entry in self._pending]
         self._pending.clear()
         for entry in waiting:
             if entry.seq == 0:
@@ -492,7 +569,7 @@ class RespSession:
 
     def client_lost(self, now: float) -> None:
         """The client went away: what it was still waiting for is recorded as failed."""
-        waiting = list(self._pending)
+        waiting = [_as_pending(entry) for entry in self._pending]
         self._pending.clear()
         for entry in waiting:
             if entry.seq == 0 or entry.synthetic is not None:

@@ -1,0 +1,73 @@
+"""`RedisExchange`: the shared `Exchange`, with its semantic fields decoded on first read.
+
+The proxy's hot path only keeps raw frames; `request` and `response` are derived from them
+the first time anyone reads them (the sink, `to_json`, a test), never on the per-read path.
+Setting them explicitly (pushes, failures) stores the given value as usual.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flux_proxy.model import Exchange, Lifetime, Protocol
+from flux_proxy.resp.render import request_from_frame, response_from_frames
+
+_REQUEST = Exchange.__dict__["request"]  # the slot descriptors of the base dataclass
+_RESPONSE = Exchange.__dict__["response"]
+
+
+class RedisExchange(Exchange):
+    __slots__ = ()
+
+    def __init__(self, connection: int, seq: int, lifetime: Lifetime, request_id: str | None,
+                 started_at: float, duration: float, client_frames: list[bytes],
+                 server_frames: list[bytes], failed: bool = False,
+                 request: dict[str, Any] | None = None,
+                 response: dict[str, Any] | None = None) -> None:
+        self.protocol = Protocol.REDIS
+        self.connection = connection
+        self.seq = seq
+        self.lifetime = lifetime
+        self.request_id = request_id
+        self.started_at = started_at
+        self.duration = duration
+        self.client_frames = client_frames
+        self.server_frames = server_frames
+        _REQUEST.__set__(self, request)
+        _RESPONSE.__set__(self, response)
+        self.source = None
+        self.failed = failed
+
+    @property  # type: ignore[override]
+    def request(self) -> dict[str, Any]:
+        value = _REQUEST.__get__(self)
+        if value is None:
+            value = (request_from_frame(self.client_frames[0]) if self.client_frames
+                     else {"command": "", "args": []})
+            _REQUEST.__set__(self, value)
+        return value
+
+    @request.setter
+    def request(self, value: dict[str, Any]) -> None:
+        _REQUEST.__set__(self, value)
+
+    @property  # type: ignore[override]
+    def response(self) -> dict[str, Any]:
+        value = _RESPONSE.__get__(self)
+        if value is None:
+            value = response_from_frames(self.server_frames)
+            _RESPONSE.__set__(self, value)
+        return value
+
+    @response.setter
+    def response(self, value: dict[str, Any]) -> None:
+        _RESPONSE.__set__(self, value)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to any `Exchange` with the same fields (the base class compares classes)."""
+        if not isinstance(other, Exchange):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name)
+                   for name in Exchange.__dataclass_fields__)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the base dataclass
