@@ -134,8 +134,14 @@ class WorkerPool:
         """Start every worker; one that cannot start stops them all and raises WorkerStartError."""
         self.deno_version = deno_version()
         self._started = True
-        results = await asyncio.gather(*(self._start_worker(w) for w in self.workers),
-                                       return_exceptions=True)
+        # The first worker runs the app's top-level start-up (CREATE TABLE IF NOT EXISTS, ...)
+        # alone: N copies doing it at once race in the database, which one process never does.
+        first, rest = self.workers[0], self.workers[1:]
+        results: list[Any] = await asyncio.gather(self._start_worker(first),
+                                                  return_exceptions=True)
+        if not isinstance(results[0], BaseException):
+            results += await asyncio.gather(*(self._start_worker(w) for w in rest),
+                                            return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             await self.stop()
