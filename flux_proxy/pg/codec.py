@@ -73,26 +73,22 @@ class FrameSplitter:
         else:
             buf = data if type(data) is bytes else bytes(data)
         frames: list[bytes] = []
+        append = frames.append
         pos = 0
         end = len(buf)
+        last_header = end - 5
         valid = self._valid
         limit = self._max
         need = 5
-        while end - pos >= 5:
-            if not valid[buf[pos]]:
-                self._fail(f"unknown {self.direction} message type {_describe_byte(buf[pos])}")
+        while pos <= last_header:
             length = _unpack_u32(buf, pos + 1)[0]
-            if length < 4:
-                self._fail(f"{self.direction} message {_describe_byte(buf[pos])} "
-                           f"has invalid length {length}")
-            if length > limit:
-                self._fail(f"{self.direction} message {_describe_byte(buf[pos])} announces "
-                           f"{length} bytes, over the {limit}-byte maximum")
+            if not (valid[buf[pos]] and 4 <= length <= limit):
+                self._bad_header(buf[pos], length, limit)
             stop = pos + 1 + length
             if stop > end:
                 need = stop - pos
                 break
-            frames.append(buf[pos:stop])
+            append(buf[pos:stop])
             pos = stop
         if pos < end:
             self._buf = bytearray(buf[pos:] if pos else buf)
@@ -111,6 +107,15 @@ class FrameSplitter:
         if self._buf:
             self._fail(f"{self.direction} stream ended inside a message "
                        f"({len(self._buf)} bytes buffered)")
+
+    def _bad_header(self, type_byte: int, length: int, limit: int) -> None:
+        name = _describe_byte(type_byte)
+        if not self._valid[type_byte]:
+            self._fail(f"unknown {self.direction} message type {name}")
+        if length < 4:
+            self._fail(f"{self.direction} message {name} has invalid length {length}")
+        self._fail(f"{self.direction} message {name} announces {length} bytes, over the "
+                   f"{limit}-byte maximum")
 
     def _fail(self, message: str) -> None:
         self._error = ProtocolError(message)

@@ -25,7 +25,7 @@ from flux_proxy.pg.errors import ProtocolError
 class StatementInfo:
     """A prepared statement: its Parse frame and, once described, the server's descriptions."""
 
-    name: str
+    name: bytes
     parse: bytes
     param_description: bytes | None = None
     row_description: bytes | None = None
@@ -37,16 +37,13 @@ class StatementInfo:
 
     def reads_only_catalog(self) -> bool:
         if self._catalog is None:
-            start = self.parse.index(b"\0", 5) + 1
-            self._catalog = sql_reads_only_catalog(self.parse[start:self.parse.index(b"\0", start)])
+            parse = self.parse
+            if b"pg_" not in parse and b"information_schema" not in parse:
+                self._catalog = False
+            else:
+                start = parse.index(b"\0", 5) + 1
+                self._catalog = sql_reads_only_catalog(parse[start:parse.index(b"\0", start)])
         return self._catalog
-
-
-@dataclass(slots=True, eq=False)
-class PortalInfo:
-    name: str
-    bind: bytes
-    statement: StatementInfo | None
 
 
 @dataclass(slots=True, eq=False)

@@ -30,7 +30,7 @@ from flux_proxy.pg.exchange import (
     KIND_SIMPLE,
     PgExchange,
 )
-from flux_proxy.pg.semantic import PortalInfo, StatementInfo, sql_reads_only_catalog
+from flux_proxy.pg.semantic import StatementInfo, sql_reads_only_catalog
 
 # Frontend type bytes
 _Q, _P, _B, _D, _E, _S, _H, _C, _X, _F = b"QPBDESHCXF"
@@ -43,13 +43,11 @@ _ASYNC = frozenset(b"NAS")  # NoticeResponse, NotificationResponse, ParameterSta
 # Which backend type bytes complete the reply to each kind of pending client message.
 _COMPLETES: dict[int, bytes] = {
     _P: b"1", _B: b"2", _C: b"3", _D: b"Tn", _E: b"CIs", _S: b"Z", _Q: b"Z", _F: b"Z"}
+_EXTENDED_COMPLETES = {t: _COMPLETES[t] for t in _EXTENDED}
 _ERROR_ENDS_REPLY = frozenset(_EXTENDED)  # an error answers it, then the server skips to Sync
 
 
-def _cstring_at(frame: bytes, pos: int) -> tuple[str, int]:
-    end = frame.index(b"\0", pos)
-    return frame[pos:end].decode("utf-8", "replace"), end + 1
-
+_DONE = StatementInfo(b"", b"")  # sentinel: every Describe has its reply
 
 class PgSession:
     """Exchange grouping and prepared-statement/portal state for one client connection."""
@@ -60,8 +58,8 @@ class PgSession:
         self.tag = tag
         self.seq = 0
         self.tx_status = "I"
-        self.statements: dict[str, StatementInfo] = {}
-        self.portals: dict[str, PortalInfo] = {}
+        self.statements: dict[bytes, StatementInfo] = {}
+        self.portals: dict[bytes, tuple[bytes, StatementInfo | None]] = {}  # name: Bind, stmt
         # (type byte, type bytes that complete its reply, exchange), oldest first
         self._queue: deque[tuple[int, bytes, PgExchange]] = deque()
         self._batch: PgExchange | None = None  # extended messages since the last boundary
@@ -79,7 +77,8 @@ class PgSession:
         queue = self._queue
         for frame in frames:
             t = frame[0]
-            if t in _EXTENDED:
+            completes = _EXTENDED_COMPLETES.get(t)
+            if completes is not None:
                 batch = self._batch
                 if batch is None:
                     if self._tail is not None:
@@ -87,7 +86,7 @@ class PgSession:
                     batch = self._batch = self._open(KIND_EXTENDED, now)
                 batch.client_frames.append(frame)
                 batch.pending += 1
-                queue.append((t, _COMPLETES[t], batch))
+                queue.append((t, completes, batch))
                 if t == _E:
                     batch.has_execute = True
                     self._tail = batch
@@ -268,45 +267,52 @@ class PgSession:
         self.sink(ex)
 
     def _apply_extended(self, ex: PgExchange) -> None:
-        """Update statements/portals from the exchange's frames; snapshot what it used."""
-        describes: deque[StatementInfo | None] = deque()
+        """Update statements/portals from the exchange's frames; snapshot what it used.
+
+        Names stay bytes (no decoding on this path); the unnamed ones are the common case.
+        """
+        describes: list[StatementInfo | None] = []
         statements = self.statements
+        portals = self.portals
         for frame in ex.client_frames:
             t = frame[0]
             if t == _P:
-                name, _ = _cstring_at(frame, 5)
+                name = frame[5:frame.index(0, 5)] if frame[5] else b""
                 statements[name] = ex.statement = StatementInfo(name, frame)
             elif t == _B:
-                portal, pos = _cstring_at(frame, 5)
-                statement_name, _ = _cstring_at(frame, pos)
+                if frame[5] == 0 and frame[6] == 0:  # unnamed portal, unnamed statement
+                    portal_name = statement_name = b""
+                else:
+                    end = frame.index(0, 5)
+                    portal_name = frame[5:end]
+                    statement_name = frame[end + 1:frame.index(0, end + 1)]
                 statement = statements.get(statement_name)
-                self.portals[portal] = PortalInfo(portal, frame, statement)
+                portals[portal_name] = (frame, statement)
                 ex.statement = statement
                 ex.bind = frame
             elif t == _D:
-                name, _ = _cstring_at(frame, 6)
-                describes.append(statements.get(name) if frame[5] == _S else None)
-            elif t == _E:
-                portal_info = self.portals.get(_cstring_at(frame, 5)[0])
-                if portal_info is not None:
-                    ex.bind = portal_info.bind
-                    ex.statement = portal_info.statement
-            elif t == _C:
-                name, _ = _cstring_at(frame, 6)
                 if frame[5] == _S:
-                    statements.pop(name, None)
+                    describes.append(statements.get(frame[6:-1]))
                 else:
-                    self.portals.pop(name, None)
-        if describes:
+                    describes.append(None)
+            elif t == _E:
+                portal = portals.get(frame[5:frame.index(0, 5)] if frame[5] else b"")
+                if portal is not None:
+                    ex.bind, ex.statement = portal
+            elif t == _C:
+                (statements if frame[5] == _S else portals).pop(frame[6:-1], None)
+        if any(describes):
+            pending = iter(describes)
+            target = next(pending)
             for frame in ex.server_frames:
                 t = frame[0]
-                if t == _PARAMS and describes[0] is not None:
-                    describes[0].param_description = frame
+                if t == _PARAMS and target is not None:
+                    target.param_description = frame
                 elif t in (_T, _NODATA):
-                    target = describes.popleft()
                     if target is not None:
                         target.row_description = frame if t == _T else None
-                    if not describes:
+                    target = next(pending, _DONE)
+                    if target is _DONE:
                         break
         if self.tx_status == "I" and ex.client_frames[-1][0] == _S:
             self.portals.clear()

@@ -143,10 +143,10 @@ def test_prepare_is_connection_lifetime_and_feeds_later_executes() -> None:
     assert execute.request["params"] == [5] and execute.request["statement"] == "stmt1"
     assert execute.response["rows"] == [["five"]]
     assert execute.response["columns"] == [{"name": "name", "type_oid": TEXT, "format": 1}]
-    assert h.session.statements["stmt1"].row_description is not None
+    assert h.session.statements[b"stmt1"].row_description is not None
     h.client(m.Close("S", "stmt1"), m.Sync())
     h.server(m.CloseComplete(), m.ReadyForQuery("I"))
-    assert "stmt1" not in h.session.statements
+    assert b"stmt1" not in h.session.statements
     assert h.exchanges[-1].lifetime == Lifetime.CONNECTION
 
 
