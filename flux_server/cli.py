@@ -34,6 +34,7 @@ def fail(message: str) -> None:
 def server_command(database_url: str | None, listen: str, retention: str | None) -> None:
     """Run the Flux record server (gRPC) over Postgres or embedded SQLite."""
     logging.basicConfig(level=logging.WARNING, format="flux-server: %(message)s")
+    logging.getLogger("flux").setLevel(logging.INFO)  # e.g. what retention removed
     try:
         retention_seconds = parse_duration(retention) if retention else None
         server = build_server(resolve_database_url(database_url), listen,

@@ -54,10 +54,15 @@ from flux_server.store.rows import (
     boot_from_rows,
     execution_from_rows,
     summary_from_row,
+    without_nul,
 )
 
 T = TypeVar("T")
 
+TEXT_ENCODING_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.CharacterNotInRepertoireError,  # NUL in text
+    asyncpg.UntranslatableCharacterError,  # a character the database encoding lacks
+)
 RETRYABLE_WRITE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.UniqueViolationError,  # another server stored the same retried batch just now
     asyncpg.CheckViolationError,  # "no partition ... found": retention dropped the day
@@ -104,7 +109,8 @@ class PostgresStore(Store):
                 try:
                     pool = await asyncpg.create_pool(
                         self.url, min_size=1, max_size=self._pool_size,
-                        timeout=self._connect_timeout, command_timeout=60)
+                        timeout=self._connect_timeout, command_timeout=60,
+                        server_settings={"application_name": "flux-server"})
                 except CONNECTION_ERRORS as exc:
                     raise self._unavailable(exc) from exc
                 try:
@@ -227,7 +233,13 @@ class PostgresStore(Store):
         unique = list({e.id: e for e in executions}.values())
         unique_boots = list({b.id: b for b in boots}.values())
         try:
-            return await self._run(lambda conn: self._record(conn, unique, unique_boots))
+            try:
+                return await self._run(lambda conn: self._record(conn, unique, unique_boots))
+            except TEXT_ENCODING_ERRORS:
+                # Postgres text cannot hold NUL: retry with it replaced (rare, so the common
+                # path never scans the text)
+                clean, clean_boots = without_nul(unique), without_nul(unique_boots)
+                return await self._run(lambda conn: self._record(conn, clean, clean_boots))
         except asyncpg.DataError as exc:
             raise InvalidRecord(f"the database refused a record: {exc}") from exc
 
@@ -239,8 +251,7 @@ class PostgresStore(Store):
             if executions:
                 rows = await conn.fetch(
                     f"SELECT id::text FROM {SCHEMA}.executions "
-                    "WHERE id = ANY($1::uuid[]) AND started_at = ANY($2::float8[])",
-                    [e.id for e in executions], list({e.started_at for e in executions}))
+                    "WHERE id = ANY($1::uuid[])", [e.id for e in executions])
                 existing = {r[0] for r in rows}
             new = [e for e in executions if e.id not in existing]
             new_boots = await self._insert_boots(conn, boots)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from flux_proxy.model import Exchange, Lifetime, Protocol, Source
 from flux_server.gen.flux_pb2 import Frames
@@ -106,6 +106,35 @@ def prepare_boot(b: BootRecord) -> PreparedBoot:
     return PreparedBoot(id=b.id, worker_id=b.worker_id, app_path=b.app_path,
                         started_at=b.started_at,
                         exchanges=[exchange_row(i, x) for i, x in enumerate(b.exchanges)])
+
+
+NUL_REPLACEMENT = "\ufffd"
+
+P = TypeVar("P", PreparedExecution, PreparedBoot)
+
+
+def _clean(value: Any) -> Any:
+    return value.replace("\x00", NUL_REPLACEMENT) if isinstance(value, str) else value
+
+
+def without_nul(records: list[P]) -> list[P]:
+    """Copies with NUL characters in text replaced by U+FFFD: Postgres text cannot hold NUL.
+    (JSON columns are safe: the encoder writes NUL as \\u0000.)"""
+    cleaned: list[Any] = []
+    for record in records:
+        exchanges = [tuple(_clean(v) for v in x) for x in record.exchanges]
+        if isinstance(record, PreparedExecution):
+            summary = replace(record.summary, method=_clean(record.summary.method),
+                              path=_clean(record.summary.path),
+                              error_message=_clean(record.summary.error_message))
+            cleaned.append(replace(record, row=tuple(_clean(v) for v in record.row),
+                                   exchanges=exchanges, summary=summary,
+                                   console=[tuple(_clean(v) for v in c)
+                                            for c in record.console]))
+        else:
+            cleaned.append(replace(record, worker_id=_clean(record.worker_id),
+                                   app_path=_clean(record.app_path), exchanges=exchanges))
+    return cleaned
 
 
 def _pairs(text: str) -> list[tuple[str, str]]:

@@ -226,3 +226,24 @@ async def test_retention_deletes_old_executions_and_their_boots(store: Store) ->
     late = make_execution(started_at=now - 10 * DAY)
     assert (await store.record_batch([late, make_execution()], [])).executions == 2
     assert await store.get(late.id) == late
+
+
+async def test_the_same_id_is_stored_once_whatever_its_start_time(store: Store) -> None:
+    execution = make_execution()
+    await store.record_batch([execution], [])
+    moved = make_execution(id=execution.id, started_at=execution.started_at - 3 * DAY)
+    assert (await store.record_batch([moved], [])).executions == 0
+    assert await store.get(execution.id) == execution
+
+
+async def test_nul_characters_in_text_do_not_block_ingest(store: Store) -> None:
+    execution = make_failed_execution("bad\x00byte", path="/a\x00b")
+    execution.console[0].text = "nul\x00here"
+    execution.exchanges[0].request = {"sql": "SELECT $1", "params": ["x\x00y"]}
+    assert (await store.record_batch([execution], [])).executions == 1
+    stored = await store.get(execution.id)
+    assert stored is not None
+    assert stored.console[0].text in ("nul\x00here", "nul\ufffdhere")  # Postgres text: U+FFFD
+    assert stored.error is not None and stored.error.message in ("bad\x00byte", "bad\ufffdbyte")
+    assert stored.exchanges[0].request == execution.exchanges[0].request  # JSON keeps it
+    assert stored.exchanges[0].client_frames == execution.exchanges[0].client_frames
