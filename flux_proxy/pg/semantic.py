@@ -38,7 +38,7 @@ class StatementInfo:
     def reads_only_catalog(self) -> bool:
         if self._catalog is None:
             parse = self.parse
-            if b"pg_" not in parse and b"information_schema" not in parse:
+            if b"pg_type" not in parse:
                 self._catalog = False
             else:
                 start = parse.index(b"\0", 5) + 1
@@ -61,14 +61,25 @@ class ExchangeContext:
 
 
 def sql_reads_only_catalog(sql: bytes) -> bool:
-    """True for a SELECT that reads only pg_catalog/information_schema relations."""
-    if b"pg_" not in sql and b"information_schema" not in sql:
+    """True for driver type introspection: a SELECT reading only type-system catalogs."""
+    if b"pg_type" not in sql:
         return False
     return _catalog_only(sql.rstrip(b"\0").decode("utf-8", "replace"))
 
 
+# The catalogs drivers read to learn about types (asyncpg, postgres.js fetch_types, pg).
+_TYPE_CATALOGS = frozenset((
+    "pg_type", "pg_namespace", "pg_range", "pg_attribute", "pg_class", "pg_enum", "pg_proc",
+    "pg_collation", "pg_attrdef", "pg_index", "pg_constraint", "pg_description", "pg_depend",
+    "pg_multirange"))
+
+
 @lru_cache(maxsize=1024)
 def _catalog_only(sql: str) -> bool:
+    """A SELECT over type-system catalogs that reads pg_type: driver type introspection.
+
+    Application reads of catalog views (pg_stat_activity, pg_settings) stay REQUEST lifetime.
+    """
     from pglast import parser
 
     try:
@@ -92,16 +103,15 @@ def _catalog_only(sql: str) -> bool:
                 stack.append(value)
         elif isinstance(node, list):
             stack.extend(node)
-    if not relations:
-        return False
+    reads_types = False
     for rel in relations:
         schema, name = rel.get("schemaname"), rel.get("relname", "")
-        if schema in ("pg_catalog", "information_schema"):
+        if schema is None and name in ctes:
             continue
-        if schema is None and (name.startswith("pg_") or name in ctes):
-            continue
-        return False
-    return True
+        if schema not in (None, "pg_catalog") or name not in _TYPE_CATALOGS:
+            return False
+        reads_types = reads_types or name == "pg_type"
+    return reads_types
 
 
 # --------------------------------------------------------------------------------------------

@@ -252,8 +252,7 @@ class PgSession:
         kind = ex.kind
         if kind == KIND_SIMPLE:
             sql = ex.client_frames[0]
-            if (b"pg_" in sql or b"information_schema" in sql) and sql_reads_only_catalog(
-                    sql[5:]):
+            if b"pg_type" in sql and sql_reads_only_catalog(sql[5:]):
                 ex.lifetime = Lifetime.CONNECTION
             if self.tx_status == "I" and self.portals:
                 self.portals.clear()

@@ -211,8 +211,11 @@ def test_catalog_introspection_is_connection_lifetime() -> None:
     h.server(m.CommandComplete("SELECT 0"), m.ReadyForQuery("I"))
     h.client(m.Query("UPDATE pg_settings SET setting = 1"))
     h.server(m.CommandComplete("UPDATE 0"), m.ReadyForQuery("I"))
+    h.client(m.Query("SELECT count(*) FROM pg_stat_activity, pg_type"))  # app reads a view
+    h.server(m.CommandComplete("SELECT 1"), m.ReadyForQuery("I"))
     assert [e.lifetime for e in h.exchanges] == [Lifetime.CONNECTION, Lifetime.CONNECTION,
-                                                 Lifetime.REQUEST, Lifetime.REQUEST]
+                                                 Lifetime.REQUEST, Lifetime.REQUEST,
+                                                 Lifetime.REQUEST]
 
 
 def test_connection_lost_records_unfinished_exchanges_as_failed() -> None:
