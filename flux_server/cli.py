@@ -45,6 +45,8 @@ def server_command(database_url: str | None, listen: str, retention: str | None)
         fail(str(exc))
     except KeyboardInterrupt:
         pass
+    except Exception as exc:  # the contract: one line, never a traceback
+        fail(f"{type(exc).__name__}: {exc}")
 
 
 async def serve(server: FluxServer, retention: str | None) -> None:

@@ -149,8 +149,10 @@ class FluxClient:
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return ServerUnavailable(f"flux server at {self.address} did not answer in time")
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return TailFellBehind(details) if details == TAIL_FELL_BEHIND else MessageTooLarge(
-                details)
+            if details == TAIL_FELL_BEHIND:
+                return TailFellBehind(details)
+            return MessageTooLarge(f"message too large for flux server at {self.address}: "
+                                   f"{details}")
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return InvalidRequest(details)
         return FluxClientError(f"flux server at {self.address}: {code.name.lower()}: {details}")

@@ -82,6 +82,9 @@ class FluxService(pb_grpc.FluxServicer):
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except (InvalidId, InvalidCursor, InvalidRecord, FilterError) as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:  # a bug or a database error we did not foresee: one line
+            log.error("%s: %s", type(exc).__name__, exc)
+            await abort(context, grpc.StatusCode.INTERNAL, f"internal error: {exc}")
 
     def _shielded_write(self, call: Awaitable[T]) -> asyncio.Future[T]:
         """A write runs to its end even if the client goes away or the server stops, so a

@@ -111,17 +111,17 @@ class PostgresStore(Store):
                         self.url, min_size=1, max_size=self._pool_size,
                         timeout=self._connect_timeout, command_timeout=60,
                         server_settings={"application_name": "flux-server"})
-                except CONNECTION_ERRORS as exc:
+                except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+                    # refused, wrong password, no such database: the server keeps answering
+                    # UNAVAILABLE with this reason, and tries again on the next call
                     raise self._unavailable(exc) from exc
                 try:
                     async with pool.acquire() as conn:
                         await self._migrate(conn)
                         await self._create_partitions(conn, self._current_days())
-                except BaseException as exc:
+                except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
                     await pool.close()
-                    if isinstance(exc, CONNECTION_ERRORS):
-                        raise self._unavailable(exc) from exc
-                    raise
+                    raise self._unavailable(exc) from exc
                 self._pool = pool
             return self._pool
 

@@ -275,3 +275,20 @@ async def test_an_unusable_sqlite_file_is_unavailable_not_a_crash(tmp_path: Path
             assert (await client.record_batch([make_execution()])).executions == 1
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize("problem", ["wrong password", "no such database"])
+async def test_a_misconfigured_database_is_a_reason_not_a_crash(pg: PgCluster,
+                                                                problem: str) -> None:
+    url = (pg.url(user="md5user", password="wrong") if problem == "wrong password"
+           else pg.url(database="no_such_database"))
+    server = FluxServer(PostgresStore(url), "127.0.0.1:0")
+    await server.start()
+    try:
+        expected = "password" if problem == "wrong password" else "no_such_database"
+        assert server.store_error is not None and expected in server.store_error
+        async with FluxClient(server.address) as client:
+            with pytest.raises(RecordStoreUnavailable, match=expected):
+                await client.list()
+    finally:
+        await server.stop()
