@@ -114,6 +114,9 @@ class Runtime:
         def ready(worker: Any) -> None:
             boot = self.slots[worker.index].boot
             if boot is not None and self.shipper is not None:
+                # `worker_starting` runs before Worker.start() draws this process's boot id,
+                # so the record is named here, under the id every execution will reference.
+                boot.id = worker.boot_id
                 self.shipper.submit_boot(boot)
 
         def before(worker: Any, execution_id: str) -> None:
