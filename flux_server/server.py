@@ -127,9 +127,7 @@ class FluxServer:
         first_run = True
         while True:
             try:
-                ensure_partitions = getattr(self.store, "ensure_partitions", None)
-                if ensure_partitions is not None:
-                    await ensure_partitions()
+                await self.store.maintain()
                 if self.retention is not None:
                     removed = await self.store.apply_retention(time.time() - self.retention)
                     if removed:
@@ -137,6 +135,8 @@ class FluxServer:
             except StoreUnavailable as exc:
                 if not (first_run and self.store_error):  # the start-up line said so already
                     log.warning("maintenance skipped: %s", exc)
+            except Exception as exc:  # keep the schedule alive; say what failed, in one line
+                log.error("maintenance failed: %s: %s", type(exc).__name__, exc)
             first_run = False
             await asyncio.sleep(MAINTENANCE_INTERVAL_SECONDS)
 

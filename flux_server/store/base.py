@@ -234,6 +234,10 @@ class Store(ABC):
     def subscribe(self) -> Subscription:
         return self.hub.subscribe()
 
+    async def maintain(self) -> None:
+        """Periodic upkeep the server runs hourly (Postgres: the coming days' partitions)."""
+        return None
+
     async def ready_for_tail(self) -> None:
         """Returns once new executions reach subscriptions (Postgres: once LISTEN is on)."""
         return None

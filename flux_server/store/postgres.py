@@ -188,8 +188,8 @@ class PostgresStore(Store):
                         f"FOR VALUES FROM ({day * DAY}) TO ({(day + 1) * DAY})")
         self._known_days |= missing
 
-    async def ensure_partitions(self) -> None:
-        """Creates today's and tomorrow's partitions (the server calls it periodically)."""
+    async def maintain(self) -> None:
+        """Creates today's and tomorrow's partitions ahead of ingest."""
         await self._run(lambda conn: self._create_partitions(conn, self._current_days()))
 
     async def apply_retention(self, cutoff: float) -> int:
