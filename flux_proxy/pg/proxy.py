@@ -29,7 +29,7 @@ from flux_proxy.pg.auth import (
     error_response,
     send_cancel,
 )
-from flux_proxy.pg.codec import BackendParser, FrontendParser
+from flux_proxy.pg.codec import BACKEND_TYPES, FRONTEND_TYPES, FrameSplitter
 from flux_proxy.pg.errors import ProtocolError
 from flux_proxy.pg.frontdoor import Cancel, Greeting, Refuse, Reply, Start
 from flux_proxy.pg.session import PgSession
@@ -39,6 +39,10 @@ log = logging.getLogger("flux.pg.proxy")
 
 _TERMINATE = m.Terminate().encode()
 _GREETING, _CONNECTING, _RELAYING, _CLOSED = range(4)
+
+
+def _not_connected(data: bytes) -> None:
+    raise RuntimeError("no upstream yet")
 
 
 class PgRecordProxy:
@@ -118,8 +122,11 @@ class ClientConnection(asyncio.Protocol):
         self.upstream_key: m.BackendKeyData | None = None
         self.proxy_key: tuple[int, bytes] | None = None
         self.greeting = Greeting()
-        self.frontend = FrontendParser(startup=False)
         self.session = PgSession(self.id, proxy.emit, proxy.tag)
+        # Hot path: bound methods looked up once.
+        self._split = FrameSplitter(FRONTEND_TYPES, "frontend").feed
+        self._record = self.session.client_frames
+        self._upstream_write: Callable[[bytes], object] = _not_connected
         self.buffered: list[bytes] = []
         self.startup_request_id: str | None = None
 
@@ -133,14 +140,14 @@ class ClientConnection(asyncio.Protocol):
         if self.state == _RELAYING:
             # Forward first (latency), then frame and record. Garbage reaches the upstream
             # only to be cut off with it.
-            self.upstream.write(data)  # type: ignore[union-attr]
+            self._upstream_write(data)
             try:
-                frames = self.frontend.feed(data)
+                frames = self._split(data)
             except ProtocolError as exc:
                 self._client_protocol_error(exc)
                 return
             if frames:
-                self.session.client_frames(frames, _now())
+                self._record(frames, _now())
         elif self.state == _GREETING:
             self._greet(data)
         elif self.state == _CONNECTING:
@@ -186,6 +193,8 @@ class ClientConnection(asyncio.Protocol):
                 self.state = _CONNECTING
                 if action.rest:
                     self.buffered.append(action.rest)
+                # Bound what we buffer until the upstream exists (data may still arrive).
+                self.transport.pause_reading()  # type: ignore[union-attr]
                 self.proxy.spawn(self._connect(action.startup))
 
     def _cancel(self, request: m.CancelRequest) -> None:
@@ -234,9 +243,11 @@ class ClientConnection(asyncio.Protocol):
         side = UpstreamConnection(self, upstream.transport)
         upstream.transport.set_protocol(side)
         self.upstream = upstream.transport
+        self._upstream_write = upstream.transport.write
         self.state = _RELAYING
         if upstream.leftover:
             side.data_received(upstream.leftover)
+        self.transport.resume_reading()  # type: ignore[union-attr]
         buffered, self.buffered = self.buffered, []
         for chunk in buffered:
             if self.state != _RELAYING:
@@ -290,24 +301,26 @@ class ClientConnection(asyncio.Protocol):
 class UpstreamConnection(asyncio.Protocol):
     """The server-facing side: relays bytes to the client and frames to the session."""
 
-    __slots__ = ("backend", "client", "client_transport", "session", "transport")
+    __slots__ = ("_client_write", "_record", "_split", "client", "client_transport",
+                 "transport")
 
     def __init__(self, client: ClientConnection, transport: asyncio.Transport) -> None:
         self.client = client
-        self.client_transport = client.transport
-        self.session = client.session
-        self.backend = BackendParser()
+        self.client_transport: asyncio.Transport = client.transport  # type: ignore[assignment]
         self.transport = transport
+        self._client_write = self.client_transport.write
+        self._split = FrameSplitter(BACKEND_TYPES, "backend").feed
+        self._record = client.session.server_frames
 
     def data_received(self, data: bytes) -> None:
-        self.client_transport.write(data)  # type: ignore[union-attr]
+        self._client_write(data)
         try:
-            frames = self.backend.feed(data)
+            frames = self._split(data)
         except ProtocolError as exc:
             self.client.upstream_protocol_error(exc)
             return
         if frames:
-            self.session.server_frames(frames, _now())
+            self._record(frames, _now())
 
     def eof_received(self) -> bool | None:
         return None
@@ -317,10 +330,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.client.upstream_lost(exc)
 
     def pause_writing(self) -> None:
-        self.client_transport.pause_reading()  # type: ignore[union-attr]
+        self.client_transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self.client_transport.resume_reading()  # type: ignore[union-attr]
+        self.client_transport.resume_reading()
 
 
 # ------------------------------------------------------------------------------------------
