@@ -1,7 +1,7 @@
 """wrk against a trivial app: bare `deno run` vs through the Flux front and pool.
 
     .venv/bin/python bench/serve_front.py [--duration 5] [--connections 32] [--workers 1,2,4]
-                                          [--uvloop] [--app APP.ts]
+                                          [--wait-ms 0] [--uvloop] [--app APP.ts]
 
 Prints one table: requests/s, p50 and p99 latency, and the ratio to bare Deno, per worker
 count. Needs `wrk` (apt-get install wrk). Speed is measured here only, never in tests.
@@ -24,8 +24,12 @@ from flux_runtime.worker import free_port
 
 TRIVIAL_APP = """
 const port = Number(Deno.env.get("PORT") ?? "8000");
-Deno.serve({ port, hostname: "127.0.0.1", onListen() {} },
-           () => new Response("ok", { headers: { "content-type": "text/plain" } }));
+const waitMs = Number(Deno.env.get("WAIT_MS") ?? "0");
+Deno.serve({ port, hostname: "127.0.0.1", onListen() {} }, async () => {
+  // WAIT_MS > 0 stands in for a handler that waits on a database
+  if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, waitMs));
+  return new Response("ok", { headers: { "content-type": "text/plain" } });
+});
 """
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -59,9 +63,9 @@ async def wrk(label: str, url: str, duration: int, connections: int) -> Figures:
                    errors.group(1) if errors else "")
 
 
-async def bare(app: Path, duration: int, connections: int) -> Figures:
+async def bare(app: Path, duration: int, connections: int, wait_ms: int) -> Figures:
     port = free_port()
-    env = {**os.environ, "PORT": str(port)}
+    env = {**os.environ, "PORT": str(port), "WAIT_MS": str(wait_ms)}
     if directory := deno_dir(os.environ.get("FLUX_TEST_DENO_DIR")):
         env["DENO_DIR"] = directory
     process = await asyncio.create_subprocess_exec(
@@ -81,8 +85,10 @@ async def bare(app: Path, duration: int, connections: int) -> Figures:
         await process.wait()
 
 
-async def through_flux(app: Path, workers: int, duration: int, connections: int) -> Figures:
-    pool = WorkerPool(app, workers=workers, env={**os.environ, "PORT": "1"},
+async def through_flux(app: Path, workers: int, duration: int, connections: int,
+                       wait_ms: int) -> Figures:
+    env = {**os.environ, "PORT": "1", "WAIT_MS": str(wait_ms)}
+    pool = WorkerPool(app, workers=workers, env=env,
                       deno_dir=os.environ.get("FLUX_TEST_DENO_DIR"))
     await pool.start()
     front = Front(pool, port=0)
@@ -99,16 +105,18 @@ async def main(args: argparse.Namespace) -> None:
         app = Path(args.app) if args.app else Path(scratch) / "trivial.ts"
         if not args.app:
             app.write_text(TRIVIAL_APP)
-        base = await bare(app, args.duration, args.connections)
+        base = await bare(app, args.duration, args.connections, args.wait_ms)
         rows = [base]
         for workers in (int(n) for n in args.workers.split(",")):
-            rows.append(await through_flux(app, workers, args.duration, args.connections))
+            rows.append(await through_flux(app, workers, args.duration, args.connections,
+                                           args.wait_ms))
     loop = "uvloop" if args.uvloop else "asyncio"
-    print(f"app: {args.app or 'trivial Deno.serve'}; wrk -t2 -c{args.connections} "
+    kind = f"Deno.serve, handler waits {args.wait_ms} ms" if args.wait_ms else "trivial Deno.serve"
+    print(f"app: {args.app or kind}; wrk -t2 -c{args.connections} "
           f"-d{args.duration}s; event loop: {loop}; cores: {os.cpu_count()}")
     print(f"{'':24} {'req/s':>9} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8}  errors")
     for row in rows:
-        ratio = row.requests_per_second / base.requests_per_second if base.requests_per_second else 0
+        ratio = row.requests_per_second / max(base.requests_per_second, 1e-9)
         print(f"{row.label:24} {row.requests_per_second:9.0f} {ratio:6.2f} {row.p50_ms:8.2f} "
               f"{row.p99_ms:8.2f}  {row.errors}")
 
@@ -118,6 +126,8 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--wait-ms", type=int, default=0,
+                        help="the built-in app waits this long per request (IO stand-in)")
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--app", help="a Deno app to use instead of the trivial one")
     arguments = parser.parse_args()

@@ -94,6 +94,7 @@ class ControlServer:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None
+            self.port = 0
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

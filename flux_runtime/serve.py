@@ -126,7 +126,8 @@ class Runtime:
             slot = self.slots[worker.index]
             slot.tag(None)
             execution.exchanges = slot.take(execution.id)
-            execution.boot_id = worker.boot_id or None
+            # execution.boot_id is the pool's: the process that took the request. Reading
+            # worker.boot_id here would name its successor when the worker crashed mid-request.
             execution.upstreams = {var: redact(url) for var, url in self.upstreams.items()}
 
         def finished(execution: Execution) -> None:

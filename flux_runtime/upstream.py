@@ -52,6 +52,7 @@ class WorkerConnection(asyncio.Protocol):
         self._reading_paused = False
         self._writable = asyncio.Event()
         self._writable.set()
+        self._body_writer: asyncio.Task[None] | None = None
         self.closed = False
         self.host = ""
         self.port = 0
@@ -67,10 +68,15 @@ class WorkerConnection(asyncio.Protocol):
     def reusable(self) -> bool:
         """Open, idle, and not broken: fit for the next request."""
         idle = self._headers_done is None or self._complete
-        return not self.closed and idle and self._error is None
+        body_sent = self._body_writer is None or (
+            self._body_writer.done() and not self._body_writer.cancelled()
+            and self._body_writer.exception() is None)
+        return not self.closed and idle and body_sent and self._error is None
 
     def close(self) -> None:
         self.closed = True
+        if self._body_writer is not None and not self._body_writer.done():
+            self._body_writer.cancel()
         if self._transport is not None:
             self._transport.close()
 
@@ -107,21 +113,31 @@ class WorkerConnection(asyncio.Protocol):
             lines.append("transfer-encoding: chunked")
             chunked = True
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if isinstance(body, bytes):
-            self._transport.write(head + body)
+        if isinstance(body, bytes) or body is None:
+            self._transport.write(head + (body or b""))
+            self._body_writer = None
         else:
+            # the app may answer before it has read the whole body: read both ways at once
             self._transport.write(head)
-            if body is not None:
-                async for chunk in body:
-                    if not chunk:
-                        continue
-                    self._transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked
-                                          else chunk)
-                    await self._writable.wait()
-                    self._raise_if_broken()
-                if chunked:
-                    self._transport.write(b"0\r\n\r\n")
-        return await self._headers_done
+            self._body_writer = loop.create_task(self._write_body(body, chunked))
+        try:
+            return await self._headers_done
+        except BaseException:
+            if self._body_writer is not None:
+                self._body_writer.cancel()
+            raise
+
+    async def _write_body(self, body: AsyncIterable[bytes], chunked: bool) -> None:
+        assert self._transport is not None
+        async for chunk in body:
+            if not chunk:
+                continue
+            self._transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await self._writable.wait()
+            if self.closed:
+                return
+        if chunked:
+            self._transport.write(b"0\r\n\r\n")
 
     async def body(self) -> AsyncIterator[bytes]:
         while True:

@@ -217,21 +217,25 @@ class Worker:
             " (Deno.serve, node:http listen, or `export default {fetch}`)")
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout`; waits for the process to be gone."""
+        """SIGTERM, then SIGKILL after `timeout`; returns once the process is gone."""
         self._stopping = True
         self.ready = False
         process = self._process
-        if process is not None and process.returncode is None:
+        if process is None:
+            return
+        if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self._exited.wait(), timeout)
+                await asyncio.wait_for(process.wait(), timeout)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
-                await self._exited.wait()
-        elif process is not None:
-            await self._exited.wait()
+                await process.wait()
+        watcher = self._tasks[-1] if self._tasks else None
+        if watcher is not None and not watcher.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(watcher), timeout)
 
     async def close(self) -> None:
         """Stop the process and the control listener for good."""

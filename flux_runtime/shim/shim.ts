@@ -80,9 +80,9 @@ async function readControl(conn: Deno.TcpConn): Promise<void> {
     try {
       n = await conn.read(chunk);
     } catch {
-      return;
+      break;
     }
-    if (n === null) return;
+    if (n === null) break;
     buffered += decoder.decode(chunk.subarray(0, n), { stream: true });
     let newline: number;
     while ((newline = buffered.indexOf("\n")) >= 0) {
@@ -91,6 +91,9 @@ async function readControl(conn: Deno.TcpConn): Promise<void> {
       if (line.trim()) onControlMessage(JSON.parse(line));
     }
   }
+  // The runtime is gone (stopped, or killed without a chance to stop us): a worker without its
+  // runtime would serve nobody, so it leaves rather than linger as an orphan.
+  Deno.exit(0);
 }
 
 function onControlMessage(message: { type: string; id?: string; determinism?: Entry[] }): void {

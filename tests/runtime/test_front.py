@@ -19,6 +19,7 @@ Deno.serve(async (request: Request) => {
     Deno.exit(3);
   }
   if (url.pathname === "/empty") return new Response(null, { status: 204 });
+  if (url.pathname === "/early") return new Response("too large", { status: 413 });
   const body = await request.text();
   const headers: [string, string][] = [];
   request.headers.forEach((value, name) => headers.push([name, value]));
@@ -99,3 +100,18 @@ async def test_app_exiting_mid_request_is_a_502_and_the_next_request_is_served(
     async with mirror.client.get(mirror.front.url + "/after") as response:
         assert response.status == 200
         assert json.loads(await response.read())["url"] == "/after"
+
+
+async def test_app_answering_before_reading_the_body(mirror: Served) -> None:
+    async def upload():  # type: ignore[no-untyped-def]
+        for _ in range(64):
+            yield b"z" * 32768
+
+    async with mirror.client.post(mirror.front.url + "/early", data=upload()) as response:
+        assert response.status == 413
+        assert await response.read() == b"too large"
+        execution = await mirror.execution(response)
+    assert execution.status == 413 and execution.response_body == b"too large"
+    async with mirror.client.get(mirror.front.url + "/next") as response:
+        assert response.status == 200
+        assert json.loads(await response.read())["url"] == "/next"

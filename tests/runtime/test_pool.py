@@ -68,6 +68,19 @@ async def test_worker_crash_mid_request_is_a_502_an_error_record_and_a_restart()
         assert served.pool.crashes == 1
 
 
+async def test_worker_leaves_when_the_runtime_goes_away() -> None:
+    pool = WorkerPool(APPS["deno_serve"], workers=1, deno_dir=DENO_DIR)
+    await pool.start()
+    worker = pool.workers[0]
+    try:
+        generation = worker.starts
+        await worker._control.close()  # as if flux had been killed
+        ended = await worker.wait_exit(generation, 10.0)
+        assert ended is not None and ended.returncode == 0
+    finally:
+        await pool.stop()
+
+
 async def test_missing_app_file_is_a_one_line_error(tmp_path: Path) -> None:
     pool = WorkerPool(tmp_path / "nope.ts", workers=2, deno_dir=DENO_DIR)
     with pytest.raises(WorkerStartError) as raised:
