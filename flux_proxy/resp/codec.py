@@ -223,26 +223,75 @@ class ReplyScanner(_Scanner):
             pos = nl + 2
 
 
+_FAST_SCAN_MAX = 256 * 1024
+
+
+def _fast_scan(buf: bytes, frames: list[bytes], names: list[bytes | None]) -> int:
+    """Cut the leading run of ordinary commands out of `buf` in one C-level split.
+
+    When no argument contains CRLF, a command is the tokens `*N`, then `$len` and data per
+    argument. Each header is checked by rebuilding it from the data's real length, so any
+    irregularity (CRLF inside data, a non-canonical header, an inline command, a partial
+    command) just ends the run; the exact scanner takes over from the returned offset."""
+    tokens = buf.split(b"\r\n")
+    last = len(tokens) - 1  # the final token is not followed by CRLF
+    i = pos = 0
+    while i < last:
+        count_line = tokens[i]
+        count = count_line[1:]
+        if count_line[:1] != b"*" or not count.isdigit() or count[:1] == b"0":
+            break
+        stop = i + 1 + 2 * int(count)
+        if stop > last:
+            break
+        size = len(count_line) + 2
+        j = i + 1
+        while j < stop:
+            data = tokens[j + 1]
+            header = tokens[j]
+            if header != b"$%d" % len(data):
+                return pos
+            size += len(header) + len(data) + 4
+            j += 2
+        frames.append(buf[pos:pos + size])
+        names.append(tokens[i + 2])
+        pos += size
+        i = stop
+    return pos
+
+
 class CommandScanner(_Scanner):
     """Finds command boundaries in a client-to-server stream, as redis-server reads it.
 
     A command is an array of bulk strings (`*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\nk\\r\\n`), or, when
     the first byte is not `*`, an inline command line ending in `\\n`. `*0` and `*-1` are
-    empty commands that the server skips without a reply, as is an empty inline line."""
+    empty commands that the server skips without a reply, as is an empty inline line.
 
-    __slots__ = ()
+    After each `feed`, `names[i]` is the command name of `frames[i]` as sent (any case) when
+    the scan saw it for free, else None."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        super().__init__(limits)
+        self.names: list[bytes | None] = []
 
     def _scan(self, buf: bytes, frames: list[bytes]) -> list[bytes]:
+        names: list[bytes | None] = []
+        self.names = names
         limits = self.limits
         end_of_buf = len(buf)
         start = 0
         pos = self._pos
         need = self._need
+        if not need and not pos and 0 < end_of_buf <= _FAST_SCAN_MAX and buf[0] == _STAR:
+            start = pos = _fast_scan(buf, frames, names)
         self._pos = self._need = self._want = 0
         while True:
             if need == 0:
                 if pos != start:
                     frames.append(buf[start:pos])
+                    names.append(None)
                     start = pos
                 if pos >= end_of_buf:
                     return frames

@@ -121,7 +121,7 @@ class ClientConnection(asyncio.Protocol):
             return
         now = time.time()
         scanner = self.scanner
-        carried = scanner.pending_bytes
+        carried = scanner._buffered
         try:
             frames = scanner.feed(data)
         except ProtocolError as exc:
@@ -135,8 +135,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if frames:
             session = self.session
-            if (session.client_commands(frames, now) and not carried
-                    and not scanner.pending_bytes and self.upstream_ready):
+            if (session.client_commands(frames, now, scanner.names) and not carried
+                    and not scanner._buffered and self.upstream_ready):
                 # Exactly `data`, untouched: skip re-joining the frames.
                 session.upstream_out.clear()
                 self.upstream.transport.write(data)  # type: ignore[union-attr]
@@ -264,7 +264,7 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         client = self.client
         scanner = self.scanner
-        carried = scanner.pending_bytes
+        carried = scanner._buffered
         try:
             frames = scanner.feed(data)
         except ProtocolError as exc:
@@ -284,7 +284,7 @@ class UpstreamConnection(asyncio.Protocol):
         if frames:
             session = client.session
             if (session.server_frames(frames, time.time()) and not carried
-                    and not scanner.pending_bytes and not session.upstream_out
+                    and not scanner._buffered and not session.upstream_out
                     and not client.closed):
                 session.client_out.clear()
                 client.transport.write(data)  # type: ignore[union-attr]
