@@ -16,7 +16,7 @@ from typing import Any
 from flux_proxy.model import Lifetime, Protocol, Source
 from flux_server.gen import flux_pb2 as pb
 from flux_server.records import ExecutionSummary, Mode, Outcome
-from flux_server.store.rows import PreparedBoot, PreparedExecution, dump
+from flux_server.store.rows import PreparedBoot, PreparedExecution
 
 PROTOCOLS = {p.value for p in Protocol}
 LIFETIMES = {lt.value for lt in Lifetime}
@@ -50,6 +50,18 @@ def _determinism_json(entries: Any) -> str:
     return f"[{items}]"
 
 
+def _headers_json(headers: Any) -> str:
+    """The same text `dump([[name, value], ...])` makes, built directly (ingest hot path)."""
+    return "[" + ",".join(f"[{encode_string(h.name)},{encode_string(h.value)}]"
+                          for h in headers) + "]"
+
+
+def _upstreams_json(upstreams: Any) -> str:
+    """The same text `dump(dict(sorted(upstreams.items())))` makes."""
+    return "{" + ",".join(f"{encode_string(k)}:{encode_string(v)}"
+                          for k, v in sorted(upstreams.items())) + "}"
+
+
 def _optional(message: Any, name: str) -> Any:
     return getattr(message, name) if message.HasField(name) else None
 
@@ -76,15 +88,15 @@ def prepare_execution_proto(e: pb.Execution) -> PreparedExecution:
     method = e.method.upper()
     row = (
         execution_id, e.started_at, e.duration, method, e.path, e.query,
-        dump([[h.name, h.value] for h in e.request_headers]), e.request_body,
+        _headers_json(e.request_headers), e.request_body,
         e.request_truncated, e.status,
-        dump([[h.name, h.value] for h in e.response_headers]), e.response_body,
+        _headers_json(e.response_headers), e.response_body,
         e.response_truncated, outcome.value,
         error.name if has_error else None, error.message if has_error else None,
         error.stack if has_error else None,
         _determinism_json(e.determinism),
         parent_id, mode.value, e.app_path, e.code_version, e.flux_version, e.deno_version,
-        e.worker_id, _optional(e, "boot_id"), dump(dict(sorted(e.upstreams.items()))),
+        e.worker_id, _optional(e, "boot_id"), _upstreams_json(e.upstreams),
         replay_outcome,
     )
     summary = ExecutionSummary(

@@ -13,13 +13,13 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from json.encoder import encode_basestring as encode_string
 from typing import Any
 
 import asyncpg
 
 from flux_server.records import ExecutionSummary, Mode, Outcome
 from flux_server.store.base import StoreUnavailable, SummaryHub
-from flux_server.store.rows import dump
 
 log = logging.getLogger("flux.server.store")
 
@@ -41,12 +41,18 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 FetchSummaries = Callable[[list[str]], Awaitable[list[ExecutionSummary]]]
 
 
-def summary_payload(summary: ExecutionSummary) -> dict[str, Any]:
-    return {"id": summary.id, "started_at": summary.started_at, "duration": summary.duration,
-            "method": summary.method, "path": summary.path, "status": summary.status,
-            "outcome": summary.outcome.value, "error_message": summary.error_message,
-            "mode": summary.mode.value, "parent_id": summary.parent_id,
-            "replay_outcome": summary.replay_outcome}
+def _string_or_null(value: str | None) -> str:
+    return "null" if value is None else encode_string(value)
+
+
+def summary_payload(s: ExecutionSummary) -> str:
+    """The summary as a JSON object, written directly: this runs for every execution."""
+    return (f'{{"id":{encode_string(s.id)},"started_at":{float(s.started_at)!r},'
+            f'"duration":{float(s.duration)!r},"method":{encode_string(s.method)},'
+            f'"path":{encode_string(s.path)},"status":{int(s.status)},'
+            f'"outcome":"{s.outcome.value}","error_message":{_string_or_null(s.error_message)},'
+            f'"mode":"{s.mode.value}","parent_id":{_string_or_null(s.parent_id)},'
+            f'"replay_outcome":{_string_or_null(s.replay_outcome)}}}')
 
 
 def notify_payloads(summaries: Sequence[ExecutionSummary]) -> list[str]:
@@ -55,9 +61,9 @@ def notify_payloads(summaries: Sequence[ExecutionSummary]) -> list[str]:
     items: list[str] = []
     size = 2
     for summary in summaries:
-        item = dump(summary_payload(summary))
+        item = summary_payload(summary)
         if len(item.encode()) > NOTIFY_ITEM_LIMIT:
-            item = dump({"id": summary.id})
+            item = f'{{"id":{encode_string(summary.id)}}}'
         item_size = len(item.encode()) + 1
         if items and size + item_size > NOTIFY_PAYLOAD_LIMIT:
             payloads.append("[" + ",".join(items) + "]")

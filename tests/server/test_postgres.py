@@ -10,7 +10,12 @@ import time
 import asyncpg
 
 from flux_server.records import ExecutionSummary
-from flux_server.store.pg_notify import NOTIFY_ITEM_LIMIT, notify_payloads
+from flux_server.store.pg_notify import (
+    NOTIFY_ITEM_LIMIT,
+    notify_payloads,
+    summary_from_payload,
+    summary_payload,
+)
 from flux_server.store.pg_schema import DAY, day_of, partition_name
 from flux_server.store.postgres import PostgresStore
 from tests.server.factory import make_execution, make_failed_execution
@@ -76,3 +81,11 @@ def test_notify_payloads_always_fit() -> None:
     assert [i["id"] for i in items] == [s.id for s in [*summaries[:250], huge, *summaries[250:]]]
     assert items[250] == {"id": huge.id}  # fetched by id by the listeners
     assert all(len(json.dumps(i)) <= NOTIFY_ITEM_LIMIT for i in items)
+
+
+def test_summary_payloads_are_json_that_round_trips() -> None:
+    tricky = make_failed_execution('quote " backslash \\ newline \n tab \t nul \x00 \u2713',
+                                   path='/p/"ü"/\\x')
+    for summary in (ExecutionSummary.of(tricky), ExecutionSummary.of(make_execution())):
+        payload = summary_payload(summary)
+        assert summary_from_payload(json.loads(payload)) == summary
