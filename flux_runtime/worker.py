@@ -25,6 +25,8 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 PERMISSION_FLAG = re.compile(r"^(-A|-P|--no-prompt|--(allow|deny)-[a-z-]+(=.*)?"
                              r"|--permission-set(=.*)?)$")
 STDERR_TAIL_LINES = 200
+SHIM_ENV = ("FLUX_CONTROL_PORT", "FLUX_WORKER_TOKEN", "FLUX_WORKER_PORT", "FLUX_WORKER_HOST",
+            "FLUX_MODE")
 # `deno run` says this about `export default {fetch}` apps, which the shim serves itself.
 IGNORED_STDERR = ('did you mean to run "deno serve"?',)
 
@@ -137,9 +139,24 @@ class Worker:
             permissions = [*self.config.replay_permissions, f"--allow-net={','.join(allowed)}",
                            "--no-prompt"]
         else:
-            permissions = [] if any(PERMISSION_FLAG.match(a) for a in user_args) else ["-A"]
+            permissions = (self.shim_grants(user_args, control_port)
+                           if any(PERMISSION_FLAG.match(a) for a in user_args) else ["-A"])
         return [deno_binary(), "run", *permissions, "--preload", str(shim_path()), *user_args,
                 str(self.config.app)]
+
+    def shim_grants(self, user_args: Sequence[str], control_port: int) -> list[str]:
+        """What the shim needs on top of permissions the user chose: its own loopback ports and
+        FLUX_* variables. Deno merges `--allow-x=list` flags, but a list after a bare
+        `--allow-x` narrows it, so nothing is added where the user already granted all."""
+        if any(a in ("-A", "--allow-all", "-P") or a.startswith("--permission-set")
+               for a in user_args):
+            return []
+        grants = []
+        if "--allow-net" not in user_args:
+            grants.append(f"--allow-net=127.0.0.1:{self.port},127.0.0.1:{control_port}")
+        if "--allow-env" not in user_args:
+            grants.append("--allow-env=" + ",".join(SHIM_ENV))
+        return grants
 
     def environment(self, control_port: int, token: str, settings: WorkerSlotSettings
                     ) -> dict[str, str]:

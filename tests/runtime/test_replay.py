@@ -66,6 +66,20 @@ async def test_replay_reports_a_log_that_runs_out_or_is_left_over() -> None:
         await replay.stop()
 
 
+async def test_record_mode_keeps_the_permissions_the_user_chose() -> None:
+    pool = WorkerPool(APPS["deno_serve"], workers=1, deno_dir=DENO_DIR,
+                      deno_args=["--allow-read"])  # the shim still gets its ports and FLUX_*
+    await pool.start()
+    try:
+        result = await pool.execute("GET", "/sandbox")
+        assert json.loads(result.body) == {
+            "write": "NotCapable", "net": "NotCapable", "run": "NotCapable"}
+        hello = await pool.execute("GET", "/hello?name=p")
+        assert hello.execution.console[0].text == "hello p"
+    finally:
+        await pool.stop()
+
+
 async def test_replay_worker_cannot_write_run_or_reach_other_hosts() -> None:
     async with serving(APPS["deno_serve"], workers=1) as recorded, \
             recorded.client.get(recorded.front.url + "/sandbox") as response:
