@@ -91,8 +91,14 @@ class FluxService(pb_grpc.FluxServicer):
         batch is either stored whole or not at all; `drain` waits for these."""
         task: asyncio.Task[T] = asyncio.ensure_future(call)
         self._writes.add(task)  # type: ignore[arg-type]
-        task.add_done_callback(self._writes.discard)  # type: ignore[arg-type]
+        task.add_done_callback(self._write_done)  # type: ignore[arg-type]
         return asyncio.shield(task)
+
+    def _write_done(self, task: asyncio.Task[object]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # the caller may have gone away; the client retries, and ids keep that safe
+            log.debug("write failed: %s", task.exception())
 
     async def drain(self) -> None:
         """Waits for in-flight writes (graceful shutdown)."""
