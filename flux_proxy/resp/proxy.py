@@ -226,6 +226,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _upstream_ready(self) -> None:
         self.upstream_ready = True
+        self.session.upstream_ready(time.time())
         self._pump()
 
     def _upstream_refused(self, error: str) -> None:

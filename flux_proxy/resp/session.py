@@ -184,6 +184,7 @@ class RespSession:
         self.patterns: set[bytes] = set()
         self.shard_channels: set[bytes] = set()
         self.upstream_error: str | None = None  # set when the upstream refused our login
+        self.awaiting_login = True  # until `upstream_ready`: our own answers must wait too
         self._pending: deque[_Pending | _Plain] = deque()
         self._pubsub_pending = 0
         self._slow_replies = False  # RESP2 subscribe mode or MONITOR: classify each reply
@@ -365,7 +366,7 @@ class RespSession:
     def _answer(self, entry: _Pending, reply: bytes, now: float) -> None:
         """Answer `entry` ourselves, after every reply still owed before it."""
         entry.synthetic = reply
-        if self._pending:
+        if self._pending or (self.awaiting_login and self.upstream_error is None):
             self._pending.append(entry)
         else:
             self._emit_synthetic(entry, now)
@@ -540,6 +541,11 @@ class RespSession:
 
     # -- connection events ----------------------------------------------------------------
 
+    def upstream_ready(self, now: float) -> None:
+        """The proxy's own login upstream succeeded: answers held back for it can go."""
+        self.awaiting_login = False
+        self._drain_synthetic(now)
+
     def upstream_refused(self, error: str, now: float) -> None:
         """The upstream rejected the proxy's login (or could not be reached): every command,
         queued or future, is answered with the upstream's error text."""
@@ -563,7 +569,7 @@ class RespSession:
         for entry in waiting:
             if entry.seq == 0:
                 continue
-            if entry.synthetic is not None:
+            if entry.synthetic is not None and not self.awaiting_login:
                 self._emit_synthetic(entry, now)
                 continue
             reply = _error_frame(reason)
