@@ -102,7 +102,10 @@ def encode_cursor(summary: ExecutionSummary) -> str:
 def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         started_at, execution_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return float(started_at), canonical_uuid(id_range(execution_id).low.replace("-", ""))
+        position = id_range(execution_id)
+        if not position.is_full:
+            raise ValueError("not a full id")
+        return float(started_at), position.low
     except (ValueError, TypeError, InvalidId):
         raise InvalidCursor(f"invalid paging cursor {cursor!r}") from None
 
