@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -404,3 +405,57 @@ async def test_run_standalone_writes_json_lines(redis_plain, tmp_path):
     assert by_command["SET"].client_frames == [encode_command("SET", "standalone", "1")]
     assert by_command["SET"].server_frames == [b"+OK\r\n"]
     assert lines[0]["protocol"] == "redis" and "frames" in lines[0]
+
+
+async def test_resp3_invalidation_push_is_not_taken_for_a_reply(redis_plain):
+    async with proxy_for(redis_plain.url()) as (proxy, rec):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        parser = RespParser()
+
+        async def read_frames(count: int) -> list[bytes]:
+            frames: list[bytes] = []
+            while len(frames) < count:
+                frames += [f.raw for f in parser.feed(await asyncio.wait_for(reader.read(65536),
+                                                                             5))]
+            return frames
+
+        writer.write(encode_command("HELLO", 3) + encode_command("CLIENT", "TRACKING", "ON")
+                     + encode_command("SET", "tracked", "1") + encode_command("GET", "tracked"))
+        assert (await read_frames(4))[1:] == [b"+OK\r\n", b"+OK\r\n", b"$1\r\n1\r\n"]
+        other = client(proxy)
+        await other.set("tracked", "2")  # the server pushes `invalidate` to the tracker
+        writer.write(encode_command("GET", "tracked"))
+        frames = await read_frames(2)
+        assert frames[0].startswith(b">2\r\n$10\r\ninvalidate\r\n")
+        assert frames[1] == b"$1\r\n2\r\n"
+        writer.close()
+        await other.aclose()
+        await rec.wait_for(lambda: len(rec.commands("GET")) == 2)
+    push = rec.one(PUSH_COMMAND)
+    assert push.response["value"] == ["invalidate", ["tracked"]]
+    last_get = rec.commands("GET")[-1]
+    assert last_get.response == {"value": "2", "error": None}
+    assert push.seq < last_get.seq or push.started_at <= last_get.started_at + last_get.duration
+
+
+async def test_big_values_and_deep_pipelines_cross_read_boundaries(redis_plain):
+    async with proxy_for(redis_plain.url()) as (proxy, rec):
+        r = client(proxy, 3)
+        big = bytes(range(256)) * 20_000  # 5 MB, with CRLF pairs inside
+        assert await r.set("big", big) is True
+        assert await r.get("big") == big
+        pipe = r.pipeline(transaction=False)
+        for i in range(5000):
+            pipe.rpush("biglist", f"item-{i}\r\n")
+        pipe.lrange("biglist", 0, -1)
+        pipe.delete("biglist")
+        results = await pipe.execute()
+        assert results[-2] == [f"item-{i}\r\n".encode() for i in range(5000)]
+        await r.aclose()
+        await rec.wait_for(lambda: len(rec.commands("DEL")) == 1)
+    gets = rec.commands("GET")
+    assert gets[0].server_frames == [b"$%d\r\n%s\r\n" % (len(big), big)]
+    assert gets[0].response["value"] == {"base64": base64.b64encode(big).decode()}
+    pushes = rec.commands("RPUSH")
+    assert len(pushes) == 5000 and [p.response["value"] for p in pushes[:3]] == [1, 2, 3]
+    assert rec.one("LRANGE").response["value"][4999] == "item-4999\r\n"
