@@ -50,6 +50,23 @@ class ExecutionFilter:
         low = int(self.status_class[0]) * 100
         return low, low + 100
 
+    @classmethod
+    def from_options(cls, *, status: str | None = None, path: str | None = None,
+                     method: str | None = None, since: str | None = None,
+                     until: str | None = None, search: str | None = None,
+                     mode: str | None = None, now: float | None = None) -> ExecutionFilter:
+        """The filter of `flux logs`/`flux tail` options, given as the user typed them
+        (`--status 5xx --since 10m`); raises FilterError naming a bad value."""
+        flt = cls(path=path or None, method=method or None, search=search or None,
+                  since=parse_time(since, now) if since else None,
+                  until=parse_time(until, now) if until else None)
+        if mode:
+            try:
+                flt = replace(flt, mode=Mode(mode.lower()))
+            except ValueError:
+                raise FilterError(f"mode is record, replay or resume, not {mode!r}") from None
+        return flt.with_status(status) if status else flt
+
     def with_status(self, value: str) -> ExecutionFilter:
         """Applies the `--status` forms of DESIGN.md: ok, error, an exact code, or a class."""
         return replace(self, **parse_status(value))

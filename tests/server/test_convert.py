@@ -57,3 +57,16 @@ def test_time_forms() -> None:
         parse_time("yesterday")
     with pytest.raises(FilterError):
         parse_duration("7")
+
+
+def test_filters_from_cli_options() -> None:
+    flt = ExecutionFilter.from_options(status="5xx", path="/orders", method="post",
+                                       since="10m", search="deadlock", now=1000.0)
+    assert flt == ExecutionFilter(status_class="5xx", path="/orders", method="POST",
+                                  since=400.0, search="deadlock")
+    assert ExecutionFilter.from_options() == ExecutionFilter()
+    assert ExecutionFilter.from_options(status="error", mode="Replay") == ExecutionFilter(
+        outcome=Outcome.ERROR, mode=Mode.REPLAY)
+    for bad in ({"status": "oops"}, {"since": "soon"}, {"mode": "rewind"}):
+        with pytest.raises(FilterError):
+            ExecutionFilter.from_options(**bad)
