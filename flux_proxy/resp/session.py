@@ -185,6 +185,8 @@ class RespSession:
         self.shard_channels: set[bytes] = set()
         self.upstream_error: str | None = None  # set when the upstream refused our login
         self.awaiting_login = True  # until `upstream_ready`: our own answers must wait too
+        self.replies_on = True  # False after CLIENT REPLY OFF / SKIP: the server stays silent
+        self._skip_one = False
         self._pending: deque[_Pending | _Plain] = deque()
         self._pubsub_pending = 0
         self._slow_replies = False  # RESP2 subscribe mode or MONITOR: classify each reply
@@ -223,7 +225,7 @@ class RespSession:
         pending = self._pending
         upstream_out = self.upstream_out
         request_id = self.tag.current
-        relaying = self.upstream_error is None
+        relaying = self.upstream_error is None and self.replies_on
         kinds = _KIND_BY_SPELLING
         for index, frame in enumerate(frames):
             spelling = names[index] if names is not None else None
@@ -245,13 +247,14 @@ class RespSession:
             verbatim = False
             name = command_name(frame)
             kind = KINDS.get(name, Kind.PLAIN) if name is not None else Kind.PLAIN
-            if kind == Kind.PLAIN and name is not None and self.upstream_error is None:
+            if kind == Kind.PLAIN and name is not None and relaying:
                 self._seq += 1
                 pending.append((self._seq, frame, now, request_id))
                 upstream_out.append(frame)
                 self._saw_request_command = True
                 continue
             self._special_command(frame, name, kind, now, request_id)
+            relaying = self.upstream_error is None and self.replies_on
         return verbatim
 
     def _special_command(self, frame: bytes, name: bytes | None, kind: Kind, now: float,
@@ -286,6 +289,8 @@ class RespSession:
         if self.upstream_error is not None:
             self._answer(entry, _error_frame(self.upstream_error), now)
             return
+        if self._silenced(entry, kind, args, frame, now):
+            return
         if kind == Kind.AUTH:
             self._answer(entry, OK, now)
             return
@@ -315,6 +320,28 @@ class RespSession:
                 internal.synthetic = b""  # marks an internal command: reply swallowed
                 self._pending.append(internal)
                 self.upstream_out.append(command)
+
+    def _silenced(self, entry: _Pending, kind: Kind, args: list[bytes], frame: bytes,
+                  now: float) -> bool:
+        """CLIENT REPLY OFF / SKIP: commands the server will not answer are relayed and
+        recorded at once, with no server frames. True when `entry` was one of them."""
+        mode = args[2].upper() if kind == Kind.CLIENT and len(args) > 2 and \
+            args[1].upper() == b"REPLY" else None
+        if mode == b"ON":
+            self.replies_on, self._skip_one = True, False
+            return False
+        if mode in (b"OFF", b"SKIP"):
+            self.replies_on = False
+            self._skip_one = mode == b"SKIP" or self._skip_one
+        elif self.replies_on:
+            return False
+        elif self._skip_one:
+            self.replies_on, self._skip_one = True, False
+        if kind != Kind.AUTH:
+            self.upstream_out.append(self._hello_without_auth(args) if kind == Kind.HELLO
+                                     else frame)
+        self._finish(entry, [], now, failed=False)
+        return True
 
     @staticmethod
     def _hello_without_auth(args: list[bytes]) -> bytes:

@@ -459,3 +459,14 @@ async def test_big_values_and_deep_pipelines_cross_read_boundaries(redis_plain):
     pushes = rec.commands("RPUSH")
     assert len(pushes) == 5000 and [p.response["value"] for p in pushes[:3]] == [1, 2, 3]
     assert rec.one("LRANGE").response["value"][4999] == "item-4999\r\n"
+
+
+async def test_client_reply_skip_against_a_real_server(redis_plain):
+    async with proxy_for(redis_plain.url()) as (proxy, rec):
+        frames = await raw_roundtrip(
+            proxy.port, encode_command("CLIENT", "REPLY", "SKIP") + encode_command("SET", "q", 1)
+            + encode_command("GET", "q") + encode_command("PING"), 2)
+        assert frames == [b"$1\r\n1\r\n", b"+PONG\r\n"]
+        await rec.wait_for(lambda: len(rec.exchanges) == 4)
+    assert [len(e.server_frames) for e in sorted(rec.exchanges, key=lambda e: e.seq)] == \
+        [0, 0, 1, 1]

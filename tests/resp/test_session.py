@@ -252,3 +252,18 @@ def test_fast_request_rendering_matches_the_full_decode(args):
 @given(values)
 def test_fast_reply_rendering_matches_the_full_decode(value):
     assert response_from_frames([encode(value)]) == reply_json(value)
+
+
+def test_client_reply_off_and_skip_expect_no_replies():
+    session, finished, _ = make_session()
+    session.client_commands([
+        encode_command("CLIENT", "REPLY", "SKIP"), encode_command("SET", "a", 1),
+        encode_command("GET", "a"), encode_command("CLIENT", "REPLY", "OFF"),
+        encode_command("SET", "b", 2), encode_command("CLIENT", "REPLY", "ON"),
+        encode_command("GET", "b")], now=0.0)
+    assert len(session.upstream_out) == 7
+    assert session.outstanding == 3  # GET a, CLIENT REPLY ON, GET b
+    session.server_frames([b"$1\r\n1\r\n", b"+OK\r\n", b"$1\r\n2\r\n"], now=0.1)
+    by_seq = sorted(finished, key=lambda e: e.seq)
+    assert [len(e.server_frames) for e in by_seq] == [0, 0, 1, 0, 0, 1, 1]
+    assert by_seq[6].response["value"] == "2"
