@@ -153,9 +153,14 @@ class NotifyListener:
                 conn.terminate()
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        items = json.loads(payload)
-        self._hub.publish(summary_from_payload(i) for i in items if "started_at" in i)
-        partial = [i["id"] for i in items if "started_at" not in i]
+        try:
+            items = json.loads(payload)
+            complete = [summary_from_payload(i) for i in items if "started_at" in i]
+            partial = [str(i["id"]) for i in items if "started_at" not in i]
+        except (ValueError, TypeError, KeyError) as exc:  # someone else's NOTIFY on our channel
+            log.warning("ignored a malformed notification on %s: %s", CHANNEL, exc)
+            return
+        self._hub.publish(complete)
         if partial:
             task = asyncio.get_running_loop().create_task(self._publish_by_id(partial))
             self._fetch_tasks.add(task)

@@ -89,3 +89,23 @@ def test_summary_payloads_are_json_that_round_trips() -> None:
     for summary in (ExecutionSummary.of(tricky), ExecutionSummary.of(make_execution())):
         payload = summary_payload(summary)
         assert summary_from_payload(json.loads(payload)) == summary
+
+
+async def test_a_foreign_notification_does_not_break_the_tail(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        subscription = store.subscribe()
+        await store.ready_for_tail()
+        conn = await asyncpg.connect(pg_url)
+        try:
+            for junk in ("not json", "[1, 2]", '[{"started_at": 1}]'):
+                await conn.execute("SELECT pg_notify('flux_executions', $1)", junk)
+        finally:
+            await conn.close()
+        execution = make_execution()
+        await store.record_batch([execution], [])
+        async with asyncio.timeout(5):
+            assert (await anext(subscription)).id == execution.id
+    finally:
+        await store.close()
