@@ -28,8 +28,9 @@ from flux_proxy.pg import messages as m
 from flux_proxy.pg.auth import error_response
 from flux_proxy.pg.codec import FrontendParser, decode_frontend
 from flux_proxy.pg.errors import ProtocolError
-from flux_proxy.pg.frontdoor import Cancel, Greeting, Refuse, Reply, Start
-from flux_proxy.pg.replay_catalog import PgCatalog, split_replies
+from flux_proxy.pg.frontdoor import Cancel, Greeting, Refuse, Start
+from flux_proxy.pg.frontdoor import Reply as GreetingReply
+from flux_proxy.pg.replay_catalog import PgCatalog, Reply, split_replies
 from flux_proxy.pg.semantic import (
     ExchangeContext,
     StatementInfo,
@@ -65,18 +66,6 @@ def _effective_formats(formats: list[int], columns: int) -> list[int]:
     return formats[:columns]
 
 
-def _status_after(command_tag: str | None, sql: str, failed: bool, status: str) -> str:
-    """Transaction status after an exchange the recording has no ReadyForQuery for."""
-    if failed:
-        return "E" if status != "I" else "I"
-    word = (command_tag or "").split(" ", 1)[0]
-    if word in ("BEGIN", "START"):
-        return "T"
-    if word in ("COMMIT", "ROLLBACK") and " TO " not in f" {collapse_whitespace(sql).upper()} ":
-        return "I"
-    return status
-
-
 class PgReplaySession:
     """One replayed client connection (see the module docstring)."""
 
@@ -96,6 +85,10 @@ class PgReplaySession:
         self.batch_answers: list[bytes] = []  # what those frames were answered
         self.held: list[bytes] = []  # answers the client cannot expect yet
         self.bind_slot: int | None = None  # where in `held` the last Bind's answer is
+        # Parse/Describe answers the catalog does not have: their place in `held`, the message,
+        # and the request as it stood. The checkpoint of the batch's Execute fills them in (the
+        # recording has them there when, say, its Bind failed); without one they are a miss.
+        self.unresolved: list[tuple[int, bytes, dict[str, Any]]] = []
         self.copy_rest: list[bytes] | None = None  # a reply's frames after CopyInResponse
         self.seq = 0
         self._out: list[bytes] = []
@@ -126,7 +119,7 @@ class PgReplaySession:
 
     def _greet(self, data: bytes) -> None:
         for action in self.greeting.receive(data):
-            if isinstance(action, Reply):
+            if isinstance(action, GreetingReply):
                 self._out.append(action.data)
             elif isinstance(action, Refuse):
                 self._close_with(error_response("FATAL", action.sqlstate, action.message))
@@ -145,8 +138,6 @@ class PgReplaySession:
                 if action.rest:
                     self._out.append(self.receive(action.rest))
 
-    # ------------------------------------------------------------------ dispatch
-
     def _message(self, frame: bytes) -> None:
         kind = chr(frame[0])
         if kind == "X":
@@ -154,8 +145,7 @@ class PgReplaySession:
             return
         if self.copy_rest is not None:
             if kind in "cf":  # CopyDone / CopyFail: the rest of the recorded reply follows
-                self.held += self.copy_rest
-                self.batch_answers += self.copy_rest
+                self._answer(*self.copy_rest)
                 self.copy_rest = None
                 self._release()
             if kind in "dcf":
@@ -166,26 +156,47 @@ class PgReplaySession:
         if kind in "PBDCEQF":
             self.batch.append(frame)
         if self.discarding:
-            if kind == "E":
+            # Unanswered, but kept as the recorder keeps them, so that the requests of
+            # discarded Executes are built as they were recorded.
+            if kind == "P":
+                self._remember_parse(frame)
+            elif kind == "B":
+                self._remember_bind(frame)
+            elif kind == "E":
                 self._execute(frame, answer=False)
             elif kind == "S":
                 self._sync()
-            if kind in "ESHQ":
-                self._end_batch()
-            return
-        handler = {"P": self._parse, "B": self._bind, "D": self._describe, "C": self._close,
-                   "E": self._execute, "S": self._sync, "H": self._release,
-                   "Q": self._query, "F": self._function_call}.get(kind)
-        if handler is not None:
-            handler(frame)  # type: ignore[operator]
+        else:
+            handler = {"P": self._parse, "B": self._bind, "D": self._describe,
+                       "C": self._close, "E": self._execute, "S": self._sync,
+                       "H": self._flush, "Q": self._query, "F": self._function_call}.get(kind)
+            if handler is not None:
+                handler(frame)
         if kind in "ESHQF":
             self._end_batch()
+
+    # ------------------------------------------------------------------ held answers
 
     def _answer(self, *frames: bytes) -> None:
         self.held += frames
         self.batch_answers += frames
 
-    def _release(self, _flush: bytes | None = None) -> None:
+    def _defer(self, frame: bytes, request: dict[str, Any]) -> None:
+        self.unresolved.append((len(self.held), frame, request))
+        self.held.append(b"")
+
+    def _drop_unresolved(self) -> None:
+        if self.unresolved:
+            del self.held[self.unresolved[0][0]:]
+            self.unresolved = []
+
+    def _release(self) -> None:
+        """Send what is held (at Execute, Flush, Sync, Query, or an error)."""
+        if self.unresolved:  # no checkpoint came to answer them: a miss
+            request = self.unresolved[0][2]
+            self._drop_unresolved()
+            self._miss(request, "statement")
+            return
         self.bind_slot = None
         self._out += self.held
         self.held = []
@@ -198,34 +209,42 @@ class PgReplaySession:
         """Answer an error; the server then ignores everything up to Sync."""
         self._answer(error)
         self.discarding = True
-        if self.tx_status == "T":
-            self.tx_status = "E"
+        self.tx_status = _status_after_error(self.tx_status)
         self._release()
 
     # ------------------------------------------------------------------ statements
 
-    def _parse(self, frame: bytes) -> None:
-        parse = decode_frontend(frame)
-        assert isinstance(parse, m.Parse)
-        entry = self.catalog.statement(parse.sql)
-        if entry is None or not (entry.parsed or entry.parse_error):
-            self._miss(self._extended_request(None, None), "statement")
-            return
-        if entry.parse_error is not None:
-            self._fail(entry.parse_error)
-            return
-        self.statements[parse.statement] = StatementInfo(frame[5:frame.index(0, 5)], frame)
-        self._answer(PARSE_COMPLETE)
+    def _remember_parse(self, frame: bytes) -> StatementInfo:
+        statement = StatementInfo(frame[5:frame.index(0, 5)], frame)  # type: ignore[arg-type]
+        self.statements[_cstring(frame, 5)[0]] = statement
+        return statement
 
-    def _bind(self, frame: bytes) -> None:
+    def _remember_bind(self, frame: bytes) -> str | None:
+        """The portal's statement name, when that statement does not exist."""
         portal, pos = _cstring(frame, 5)
         name, _ = _cstring(frame, pos)
         statement = self.statements.get(name)
         if statement is None:
-            self._fail(error_response("ERROR", "26000",
-                                      f'prepared statement "{name}" does not exist'))
-            return
+            return name
         self.portals[portal] = (frame, statement)
+        return None
+
+    def _parse(self, frame: bytes) -> None:
+        statement = self._remember_parse(frame)
+        entry = self.catalog.statement(statement.sql)
+        if entry is None or not (entry.parsed or entry.parse_error):
+            self._defer(frame, self._extended_request(None, None))
+        elif entry.parse_error is not None:
+            self._fail(entry.parse_error)
+        else:
+            self._answer(PARSE_COMPLETE)
+
+    def _bind(self, frame: bytes) -> None:
+        missing = self._remember_bind(frame)
+        if missing is not None:
+            self._fail(error_response("ERROR", "26000",
+                                      f'prepared statement "{missing}" does not exist'))
+            return
         self.bind_slot = len(self.held)
         self._answer(BIND_COMPLETE)  # provisional: the checkpoint may show that it failed
 
@@ -242,7 +261,7 @@ class PgReplaySession:
             entry = self.catalog.statement(parse.sql)
             params = entry.param_description(parse.param_oids) if entry else None
             if entry is None or params is None or not entry.described:
-                self._miss(self._extended_request(statement, None), "description")
+                self._defer(frame, self._extended_request(statement, None))
                 return
             rows = entry.row_answer([])
             statement.param_description = params
@@ -256,7 +275,7 @@ class PgReplaySession:
         bind_frame, statement = portal
         entry = self.catalog.statement(statement.sql)
         if entry is None or not entry.described:
-            self._miss(self._extended_request(statement, bind_frame), "description")
+            self._defer(frame, self._extended_request(statement, bind_frame))
             return
         bind = decode_frontend(bind_frame)
         assert isinstance(bind, m.Bind)
@@ -267,12 +286,15 @@ class PgReplaySession:
         (self.statements if frame[5] == ord("S") else self.portals).pop(name, None)
         self._answer(CLOSE_COMPLETE)
 
+    def _flush(self, _frame: bytes) -> None:
+        self._release()
+
     def _sync(self, _frame: bytes | None = None) -> None:
+        self._release()  # a pending miss first: its error precedes ReadyForQuery
         self.discarding = False
-        self.held.append(m.ReadyForQuery(self.tx_status).encode())
+        self._out.append(m.ReadyForQuery(self.tx_status).encode())
         if self.tx_status == "I":
             self.portals.clear()
-        self._release()
 
     # ------------------------------------------------------------------ request checkpoints
 
@@ -305,96 +327,79 @@ class PgReplaySession:
             response = match.checkpoint.response if match.checkpoint is not None else {}
             self._report(request, response, [], match, during_request)
         elif match.kind is MatchKind.MISS:
+            self._drop_unresolved()
             self._miss(request, "answer", during_request, match)
         else:
             self._answer_extended(request, match, during_request)
 
     def _answer_extended(self, request: dict[str, Any], match: Match, during_request: bool,
                          lifetime: Lifetime = Lifetime.REQUEST) -> None:
+        """The checkpoint's replies to this Execute, and to the batch's messages the catalog
+        could not answer or whose recorded answer was an error (a failed Bind)."""
         checkpoint = match.checkpoint
         assert checkpoint is not None
-        if self._mismatch(request, match, during_request, lifetime):
+        mismatch = _mismatch_of(request, checkpoint)
+        if mismatch is not None:
+            self._drop_unresolved()
+            self._answer_mismatch(request, match, during_request, lifetime, *mismatch)
             return
         replies = split_replies(checkpoint.client_frames, checkpoint.server_frames)
-        executes = [i for i, r in enumerate(replies) if r.message[0] == ord("E")]
-        execute = replies[executes[-1]] if executes else None
-        binds = [r for r in replies[:executes[-1] if executes else 0] if r.message[0] == ord("B")]
+        execute = next((r for r in reversed(replies) if r.message[0] == ord("E")), None)
+        before = replies[:replies.index(execute)] if execute is not None else replies
+        bind = _last_reply(before, b"B")
         start = len(self.held)
-        if self.bind_slot is not None and binds and binds[-1].failed:
-            del self.held[self.bind_slot:]  # the recorded Bind failed: nothing after it ran
-            start = len(self.held)
-            self._answer(*binds[-1].frames)
-            frames: list[bytes] = []
-        elif execute is None or not execute.frames:
-            sql = shorten(request.get("sql"))
-            self._answer(error_response(
-                "ERROR", MISMATCH_SQLSTATE, "flux replay: the recording has no reply to this "
-                f"Execute (the server skipped it after an earlier error): {sql}"))
-            frames = []
-        else:
+        if self.bind_slot is not None and bind is not None and bind.failed:
+            start = self.bind_slot  # the recorded Bind failed: nothing after it ran
+            del self.held[start:]
+            self._answer(*bind.frames)
+            execute = None
+        unresolved, self.unresolved = self.unresolved, []
+        for slot, message, _ in unresolved:
+            if slot >= len(self.held):
+                continue
+            recorded = _last_reply(before, message[:1], message[5:6] if message[:1] == b"D"
+                                   else b"")
+            if recorded is None or not recorded.frames:
+                del self.held[slot:]
+                start, execute = min(start, slot), None
+                break
+            self.held[slot] = b"".join(recorded.frames)
+        if execute is not None and execute.frames:
             frames = execute.frames
             copy_in = next((i for i, f in enumerate(frames) if f[0] == _COPY_IN), None)
             if copy_in is not None:
                 self.copy_rest = frames[copy_in + 1:]
                 frames = frames[:copy_in + 1]
             self._answer(*frames)
+        elif start == len(self.held):  # neither a recorded error nor rows: cannot answer
+            self._answer(error_response(
+                "ERROR", MISMATCH_SQLSTATE, "flux replay: the recording has no reply to this "
+                f"Execute as it was sent now: {shorten(request.get('sql'))}"))
         answered = self.held[start:]
-        failed = any(f[0] == _ERROR for f in answered)
+        failed = any(f[:1] == b"E" for f in answered)
         if lifetime is Lifetime.REQUEST:
-            self._track_status(checkpoint, request, failed)
+            self.tx_status = _status_from(checkpoint, request, failed, self.tx_status)
         if failed:
             self.discarding = True
         self._release()
         self._report(request, checkpoint.response, answered, match, during_request, lifetime)
 
-    def _track_status(self, checkpoint: Exchange, request: dict[str, Any],
-                      failed: bool) -> None:
-        ready = [f for f in checkpoint.server_frames if f[0] == _READY]
-        if ready:
-            self.tx_status = chr(ready[-1][5])
-        else:
-            self.tx_status = _status_after(checkpoint.response.get("command_tag"),
-                                           request.get("sql") or "", failed, self.tx_status)
-
-    def _mismatch(self, request: dict[str, Any], match: Match, during_request: bool,
-                  lifetime: Lifetime) -> bool:
-        """A recorded answer this client cannot be given as it asks: an explicit error."""
+    def _answer_mismatch(self, request: dict[str, Any], match: Match, during_request: bool,
+                         lifetime: Lifetime, field: str, expected: Any, actual: Any) -> None:
+        """An ErrorResponse naming the mismatch; reported as a divergence of that field."""
         checkpoint = match.checkpoint
         assert checkpoint is not None
-        recorded = checkpoint.request
-        simple_now, simple_then = bool(request.get("simple")), bool(recorded.get("simple"))
-        columns = len(checkpoint.response.get("columns") or [])
-        if simple_now != simple_then:
-            field, expected, actual = ("protocol", "simple Query" if simple_then else "Execute",
-                                       "simple Query" if simple_now else "Execute")
-        else:
-            expected = _effective_formats(list(recorded.get("result_formats") or []), columns)
-            actual = _effective_formats(list(request.get("result_formats") or []), columns)
-            if simple_now or expected == actual:
-                return False
-            field = "result formats"
-            expected = ["binary" if f else "text" for f in expected]
-            actual = ["binary" if f else "text" for f in actual]
         message = (f"flux replay: {shorten(request.get('sql'))}: the recording has {field} "
                    f"{expected} but this client asks for {actual}")
-        error = error_response("ERROR", MISMATCH_SQLSTATE, message)
         divergences = list(match.divergences)
         if during_request:
             divergences.append(Divergence(checkpoint.seq, field, expected, actual))
-        if simple_now:
-            self.tx_status = self._status_after_error()
-            self.held += [error, m.ReadyForQuery(self.tx_status).encode()]
-            self._release()
-        else:
-            self._fail(error)
-        self._report(request, {**checkpoint.response, "error": {"sqlstate": MISMATCH_SQLSTATE,
-                                                              "message": message}},
-                     [error], Match(MatchKind.DIVERGED, checkpoint, divergences),
-                     during_request, lifetime)
-        return True
-
-    def _status_after_error(self) -> str:
-        return "E" if self.tx_status != "I" else "I"
+        error = self._error(request, MISMATCH_SQLSTATE, message)
+        response = {**checkpoint.response,
+                    "error": {"sqlstate": MISMATCH_SQLSTATE, "message": message}}
+        self._report(request, response, [error],
+                     Match(MatchKind.DIVERGED, checkpoint, divergences), during_request,
+                     lifetime)
 
     def _query(self, frame: bytes) -> None:
         self._release()
@@ -418,7 +423,9 @@ class PgReplaySession:
             return
         checkpoint = match.checkpoint
         assert checkpoint is not None
-        if self._mismatch(request, match, during_request, Lifetime.REQUEST):
+        mismatch = _mismatch_of(request, checkpoint)
+        if mismatch is not None:
+            self._answer_mismatch(request, match, during_request, Lifetime.REQUEST, *mismatch)
             return
         replies = split_replies(checkpoint.client_frames, checkpoint.server_frames)
         frames = replies[0].frames if replies else []
@@ -438,6 +445,18 @@ class PgReplaySession:
 
     # ------------------------------------------------------------------ misses and reports
 
+    def _error(self, request: dict[str, Any], sqlstate: str, message: str) -> bytes:
+        """Answer an error as the server would: a simple Query then gets ReadyForQuery, an
+        extended message makes the session discard until Sync."""
+        error = error_response("ERROR", sqlstate, message)
+        if request.get("simple", True) and self.batch[:1] and self.batch[0][:1] in (b"Q", b"F"):
+            self.tx_status = _status_after_error(self.tx_status)
+            self._answer(error, m.ReadyForQuery(self.tx_status).encode())
+            self._release()
+        else:
+            self._fail(error)
+        return error
+
     def _miss(self, request: dict[str, Any], what: str, during_request: bool | None = None,
               match: Match | None = None) -> None:
         """No recorded answer: FX001 naming the exchange, then discard until Sync."""
@@ -446,14 +465,7 @@ class PgReplaySession:
         label = shorten(request.get("sql")) if request.get("sql") else what
         message = f"flux replay: no recorded {what} for {label}" + (
             "" if during_request else " (during start-up)")
-        error = error_response("ERROR", MISS_SQLSTATE, message)
-        if request.get("simple"):
-            status = self._status_after_error()
-            self.held += [error, m.ReadyForQuery(status).encode()]
-            self.tx_status = status
-            self._release()
-        else:
-            self._fail(error)
+        error = self._error(request, MISS_SQLSTATE, message)
         response = {"command_tag": None, "columns": [], "rows": [], "row_count": 0,
                     "error": {"sqlstate": MISS_SQLSTATE, "message": message}}
         self._report(request, response, [error], match or Match(MatchKind.MISS),
@@ -470,3 +482,53 @@ class PgReplaySession:
             request=request, response=response,
             failed=match.kind is MatchKind.MISS or any(f[0] == _ERROR for f in server_frames))
         self.book.answered(exchange, match, during_request)
+
+
+def _last_reply(replies: list[Reply], kind: bytes, describe_kind: bytes = b"") -> Reply | None:
+    """The last reply to a message of this type (and Describe kind, S or P)."""
+    for reply in reversed(replies):
+        if reply.message[:1] == kind and (not describe_kind or
+                                          reply.message[5:6] == describe_kind):
+            return reply
+    return None
+
+
+def _status_after_error(status: str) -> str:
+    return "E" if status != "I" else "I"
+
+
+def _status_from(checkpoint: Exchange, request: dict[str, Any], failed: bool,
+                 status: str) -> str:
+    """The transaction status after a checkpoint: its recorded ReadyForQuery if it has one
+    (the batch's Sync joined it), else what its command tag implies."""
+    ready = [f for f in checkpoint.server_frames if f[0] == _READY]
+    if ready:
+        return chr(ready[-1][5])
+    if failed:
+        return _status_after_error(status)
+    word = (checkpoint.response.get("command_tag") or "").split(" ", 1)[0]
+    if word in ("BEGIN", "START"):
+        return "T"
+    sql = f" {collapse_whitespace(request.get('sql') or '').upper()} "
+    if word in ("COMMIT", "ROLLBACK") and " TO " not in sql:
+        return "I"
+    return status
+
+
+def _mismatch_of(request: dict[str, Any], checkpoint: Exchange) -> tuple[str, Any, Any] | None:
+    """Why a recorded answer cannot be given to this client as it asks, if it cannot:
+    another protocol flavour, or result formats (binary/text) other than recorded."""
+    recorded = checkpoint.request
+    simple_now, simple_then = bool(request.get("simple")), bool(recorded.get("simple"))
+    if simple_now != simple_then:
+        return ("protocol", "simple Query" if simple_then else "Execute",
+                "simple Query" if simple_now else "Execute")
+    if simple_now:
+        return None
+    columns = len(checkpoint.response.get("columns") or [])
+    expected = _effective_formats(list(recorded.get("result_formats") or []), columns)
+    actual = _effective_formats(list(request.get("result_formats") or []), columns)
+    if expected == actual:
+        return None
+    return ("result formats", ["binary" if f else "text" for f in expected],
+            ["binary" if f else "text" for f in actual])
