@@ -292,3 +292,25 @@ async def test_a_misconfigured_database_is_a_reason_not_a_crash(pg: PgCluster,
                 await client.list()
     finally:
         await server.stop()
+
+
+async def test_big_batches_are_split_into_calls_under_the_limit(tmp_path: Path) -> None:
+    from flux_server.client import BATCH_BYTES, _split_batch
+    from flux_server.convert import boot_to_proto, execution_to_proto
+
+    big = [make_execution(response_body=b"x" * (1024 * 1024), response_truncated=True)
+           for _ in range(10)]
+    boot = make_boot()
+    requests = _split_batch([execution_to_proto(e) for e in big], [boot_to_proto(boot)])
+    assert len(requests) == 2 and all(r.ByteSize() <= BATCH_BYTES for r in requests)
+    assert len(requests[0].boots) == 1  # boots go first, before executions that name them
+    server = FluxServer(SqliteStore(tmp_path / "flux.db"), "127.0.0.1:0",
+                        max_message_bytes=BATCH_BYTES + 1024)
+    await server.start()
+    try:
+        async with FluxClient(server.address) as client:
+            counts = await client.record_batch(big, [boot])
+            assert (counts.executions, counts.boots) == (10, 1)
+            assert await client.get(big[-1].id) == big[-1]
+    finally:
+        await server.stop()
