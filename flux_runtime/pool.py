@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import os
 import sys
 import time
 import uuid
@@ -44,6 +45,11 @@ from flux_server.records import DeterminismEntry, ErrorInfo, Execution, Mode
 Hook = Callable[..., Awaitable[None] | None]
 
 RESTART_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def default_worker_count() -> int:
+    """Twice the cores, 2 to 16: see docs/runtime.md for the figures behind it."""
+    return min(16, max(2, 2 * (os.cpu_count() or 1)))
 
 
 @dataclass(slots=True)
@@ -98,19 +104,22 @@ class WorkerPool:
     called again at every restart of that slot.
     """
 
-    def __init__(self, app: str | Path, *, workers: int = 2, mode: Mode = Mode.RECORD,
+    def __init__(self, app: str | Path, *, workers: int | None = None, mode: Mode = Mode.RECORD,
                  deno_args: Sequence[str] = (), env: Mapping[str, str] | None = None,
                  worker_settings: Callable[[int], WorkerSlotSettings] | None = None,
                  deno_dir: str | None = None, cwd: str | None = None,
                  start_timeout: float = 60.0, echo_output: bool = False,
                  body_cap: int = DEFAULT_BODY_CAP, report_timeout: float = 10.0,
+                 acquire_timeout: float | None = 60.0,
                  hooks: PoolHooks | None = None) -> None:
+        workers = default_worker_count() if workers is None else workers
         if workers < 1:
             raise ValueError("a pool needs at least one worker")
         self.app = Path(app).expanduser().absolute()
         self.mode = mode
         self.body_cap = body_cap
         self.report_timeout = report_timeout
+        self.acquire_timeout = acquire_timeout
         self.hooks = hooks or PoolHooks()
         self.config = WorkerConfig(app=self.app, mode=mode, deno_args=tuple(deno_args), env=env,
                                    deno_dir=deno_dir, cwd=cwd, start_timeout=start_timeout,
@@ -223,10 +232,24 @@ class WorkerPool:
                     determinism: Sequence[DeterminismEntry] | None = None) -> ExecutionResult:
         """Run one request on the next idle worker, streaming the response into `sink`.
 
-        `determinism` (replay) is handed to the shim first, to be fed back in order.
+        `determinism` (replay) is handed to the shim first, to be fed back in order. Once a
+        worker has the request, it runs to its end even if the caller is cancelled: a worker
+        is only given back once it is done, or attribution would break.
         """
         execution_id = execution_id or str(uuid.uuid4())
-        worker = await self._acquire()
+        try:
+            async with asyncio.timeout(self.acquire_timeout):
+                worker = await self._acquire()
+        except TimeoutError:
+            result = await self._unavailable(request, sink, execution_id)
+            await call_hook(self.hooks.on_execution, result.execution)
+            return result
+        run = asyncio.ensure_future(self._run(worker, request, sink, execution_id, determinism))
+        return await asyncio.shield(run)
+
+    async def _run(self, worker: Worker, request: IncomingRequest, sink: ResponseSink,
+                   execution_id: str,
+                   determinism: Sequence[DeterminismEntry] | None) -> ExecutionResult:
         try:
             result = await self._serve_on(worker, request, sink, execution_id, determinism)
             await call_hook(self.hooks.after_completion, worker, result.execution)
@@ -234,6 +257,22 @@ class WorkerPool:
             self._release(worker)
         await call_hook(self.hooks.on_execution, result.execution)
         return result
+
+    async def _unavailable(self, request: IncomingRequest, sink: ResponseSink,
+                           execution_id: str) -> ExecutionResult:
+        """No worker became free in time (all busy, or crashing at start): 503, recorded."""
+        message = f"no worker became free within {self.acquire_timeout:g}s"
+        text = f"flux: {message}\n".encode()
+        headers = [("content-type", "text/plain; charset=utf-8"), (EXECUTION_HEADER, execution_id)]
+        await sink.start(503, "Service Unavailable", headers)
+        await sink.finish(text)
+        execution = Execution(
+            id=execution_id, started_at=time.time(), duration=0.0, method=request.method,
+            path=request.path, query=request.query, request_headers=list(request.headers),
+            status=503, response_headers=headers, response_body=text,
+            error=ErrorInfo(name="NoWorkerAvailable", message=message), mode=self.mode,
+            app_path=str(self.app), flux_version=flux_version(), deno_version=self.deno_version)
+        return ExecutionResult(execution=execution, report=None)
 
     async def execute(self, method: str, target: str, *,
                       headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
@@ -288,7 +327,10 @@ class WorkerPool:
                     await sink.write(held)
                 held = chunk
             await sink.finish(held)
-            report = await asyncio.wait_for(asyncio.shield(report_future), self.report_timeout)
+            if not report_future.done():
+                async with asyncio.timeout(self.report_timeout):
+                    await asyncio.shield(report_future)
+            report = report_future.result()
         except (ConnectionError, TimeoutError) as exc:
             error = await self._failure(worker, generation, exc)
             if error.name == "WorkerCrashed":  # its last report may still be in the socket

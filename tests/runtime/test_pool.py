@@ -185,3 +185,42 @@ async def test_graceful_shutdown_finishes_in_flight_requests() -> None:
         response.release()
         await served.pool.stop()
         assert all(worker.exited for worker in served.pool.workers)
+
+
+SLOW_APP = """
+Deno.serve(async (request: Request) => {
+  const tag = new URL(request.url).searchParams.get("tag");
+  console.log(`begin ${tag}`);
+  await new Promise((resolve) => setTimeout(resolve, tag === "slow" ? 600 : 1));
+  console.log(`end ${tag}`);
+  return new Response(`done ${tag}`);
+});
+"""
+
+
+async def test_no_free_worker_in_time_is_a_recorded_503(tmp_path: Path) -> None:
+    app = tmp_path / "slow.ts"
+    app.write_text(SLOW_APP)
+    async with serving(app, workers=1, acquire_timeout=0.2) as served:
+        slow = asyncio.create_task(served.pool.execute("GET", "/?tag=slow"))
+        while served.pool._in_flight == 0:
+            await asyncio.sleep(0.005)
+        async with served.client.get(served.front.url + "/?tag=late") as response:
+            assert response.status == 503
+            execution = await served.execution(response)
+        assert execution.error is not None and execution.error.name == "NoWorkerAvailable"
+        assert (await slow).body == b"done slow"
+
+
+async def test_a_cancelled_caller_does_not_free_the_worker_early(tmp_path: Path) -> None:
+    app = tmp_path / "slow.ts"
+    app.write_text(SLOW_APP)
+    async with serving(app, workers=1) as served:
+        slow = asyncio.create_task(served.pool.execute("GET", "/?tag=slow"))
+        while served.pool._in_flight == 0:
+            await asyncio.sleep(0.005)
+        slow.cancel()
+        after = await served.pool.execute("GET", "/?tag=next")
+        assert [c.text for c in after.execution.console] == ["begin next", "end next"]
+        slow_record = next(e for e in served.executions.values() if e.query == "tag=slow")
+        assert [c.text for c in slow_record.console] == ["begin slow", "end slow"]
