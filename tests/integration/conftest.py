@@ -22,7 +22,7 @@ import aiohttp
 
 from flux_proxy.urls import upstream_kind
 from flux_runtime.serve import Runtime, ServeOptions
-from flux_server.client import FluxClient, NotFound
+from flux_server.client import FluxClient, NotFound, ServerUnavailable
 from flux_server.records import BootRecord, Execution
 from tests.services import free_port
 
@@ -79,10 +79,11 @@ class ServedApp:
 
 
 async def poll(fetch: Any, timeout: float = RECORD_WAIT) -> Any:
-    """`fetch()` until the server has the record (NotFound until then)."""
+    """`fetch()` until the server has the record (NotFound until then; ServerUnavailable
+    while a restarted server is not reachable yet)."""
     async with asyncio.timeout(timeout):
         while True:
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(NotFound, ServerUnavailable):
                 return await fetch()
             await asyncio.sleep(0.05)
 
@@ -108,21 +109,24 @@ def app_environment(variables: dict[str, str], home: Path) -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def serving(app: str, env: dict[str, str], *, workers: int = 1, sample: float = 1.0,
-                  server: str | None = None) -> AsyncIterator[ServedApp]:
+                  server: str | None = None, home: Path | None = None
+                  ) -> AsyncIterator[ServedApp]:
     """`app` (a file in tests/fixtures/apps) under a Runtime on a free port.
 
     Without `server`, the Runtime is pointed at a free port where nothing answers, so it
-    starts its embedded server there (SQLite under a temporary FLUX_HOME).
+    starts its embedded server there (SQLite under FLUX_HOME). FLUX_HOME is `home`, else a
+    temporary directory.
     """
     address = server or f"127.0.0.1:{free_port()}"
     with tempfile.TemporaryDirectory(prefix="flux-it-") as tmp, \
-            app_environment(env, Path(tmp)):
+            app_environment(env, home or Path(tmp)):
         runtime = Runtime(ServeOptions(app=str(APPS / app), port=0, workers=workers,
                                        server=address, sample=sample, echo_output=False))
         try:
             await runtime.start()
             async with aiohttp.ClientSession() as http, FluxClient(address) as records:
-                yield ServedApp(runtime=runtime, http=http, records=records, home=Path(tmp))
+                yield ServedApp(runtime=runtime, http=http, records=records,
+                                home=home or Path(tmp))
         finally:
             await runtime.stop()
 
