@@ -19,7 +19,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from flux_proxy.matcher import RequestKey, key_of
+from flux_proxy.matcher import RequestKey, collapse_whitespace, key_of
 from flux_proxy.model import Exchange, Lifetime, Protocol
 from flux_proxy.pg import messages as m
 from flux_proxy.pg.codec import decode_backend, decode_frontend
@@ -123,6 +123,7 @@ class PgCatalog:
         self.greetings: list[tuple[dict[str, str], list[bytes]]] = []
         self.statements: dict[str, StatementEntry] = {}
         self.catalog_reads: dict[str, list[tuple[RequestKey, Exchange]]] = defaultdict(list)
+        self._collapsed: dict[str, StatementEntry] | None = None
         by_connection: dict[int, list[Exchange]] = defaultdict(list)
         for exchange in exchanges:
             if exchange.protocol is not Protocol.POSTGRES:
@@ -231,7 +232,15 @@ class PgCatalog:
         return self.greetings[0][1] if self.greetings else None
 
     def statement(self, sql: str) -> StatementEntry | None:
-        return self.statements.get(sql)
+        """The entry of this SQL text, else of the same text with other whitespace."""
+        found = self.statements.get(sql)
+        if found is None:
+            if self._collapsed is None:
+                self._collapsed = {}
+                for text, entry in self.statements.items():
+                    self._collapsed.setdefault(collapse_whitespace(text), entry)
+            found = self._collapsed.get(collapse_whitespace(sql))
+        return found
 
     def catalog_read(self, key: RequestKey, sql: str) -> Exchange | None:
         """A recorded catalog read of this SQL: with the same parameters if any, else the

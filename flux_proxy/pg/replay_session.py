@@ -100,18 +100,21 @@ class PgReplaySession:
         if self.frontend is None:
             self._greet(data)
         elif not self.closed:
-            try:
-                frames = self.frontend.feed(data)
-            except ProtocolError as exc:
-                self._close_with(error_response("FATAL", "08P01",
-                                                f"invalid frontend message: {exc}"))
-                frames = []
-            for frame in frames:
-                self._message(frame)
-                if self.closed:
-                    break
+            self._feed(data)
         out, self._out = self._out, []
         return b"".join(out)
+
+    def _feed(self, data: bytes) -> None:
+        assert self.frontend is not None
+        try:
+            frames = self.frontend.feed(data)
+        except ProtocolError as exc:
+            self._close_with(error_response("FATAL", "08P01", f"invalid frontend message: {exc}"))
+            return
+        for frame in frames:
+            self._message(frame)
+            if self.closed:
+                return
 
     def _close_with(self, frame: bytes) -> None:
         self._out.append(frame)
@@ -136,7 +139,7 @@ class PgReplaySession:
                 self.tx_status = chr(frames[-1][5])
                 self.frontend = FrontendParser(startup=False)
                 if action.rest:
-                    self._out.append(self.receive(action.rest))
+                    self._feed(action.rest)
 
     def _message(self, frame: bytes) -> None:
         kind = chr(frame[0])
@@ -394,7 +397,7 @@ class PgReplaySession:
         divergences = list(match.divergences)
         if during_request:
             divergences.append(Divergence(checkpoint.seq, field, expected, actual))
-        error = self._error(request, MISMATCH_SQLSTATE, message)
+        error = self._error(MISMATCH_SQLSTATE, message)
         response = {**checkpoint.response,
                     "error": {"sqlstate": MISMATCH_SQLSTATE, "message": message}}
         self._report(request, response, [error],
@@ -445,11 +448,11 @@ class PgReplaySession:
 
     # ------------------------------------------------------------------ misses and reports
 
-    def _error(self, request: dict[str, Any], sqlstate: str, message: str) -> bytes:
+    def _error(self, sqlstate: str, message: str) -> bytes:
         """Answer an error as the server would: a simple Query then gets ReadyForQuery, an
         extended message makes the session discard until Sync."""
         error = error_response("ERROR", sqlstate, message)
-        if request.get("simple", True) and self.batch[:1] and self.batch[0][:1] in (b"Q", b"F"):
+        if self.batch[:1] and self.batch[0][:1] in (b"Q", b"F"):
             self.tx_status = _status_after_error(self.tx_status)
             self._answer(error, m.ReadyForQuery(self.tx_status).encode())
             self._release()
@@ -465,7 +468,7 @@ class PgReplaySession:
         label = shorten(request.get("sql")) if request.get("sql") else what
         message = f"flux replay: no recorded {what} for {label}" + (
             "" if during_request else " (during start-up)")
-        error = self._error(request, MISS_SQLSTATE, message)
+        error = self._error(MISS_SQLSTATE, message)
         response = {"command_tag": None, "columns": [], "rows": [], "row_count": 0,
                     "error": {"sqlstate": MISS_SQLSTATE, "message": message}}
         self._report(request, response, [error], match or Match(MatchKind.MISS),
@@ -516,19 +519,19 @@ def _status_from(checkpoint: Exchange, request: dict[str, Any], failed: bool,
 
 
 def _mismatch_of(request: dict[str, Any], checkpoint: Exchange) -> tuple[str, Any, Any] | None:
-    """Why a recorded answer cannot be given to this client as it asks, if it cannot:
-    another protocol flavour, or result formats (binary/text) other than recorded."""
+    """Why a recorded answer cannot be given to this client as it asks, if it cannot: result
+    formats (binary/text) other than recorded, or another protocol flavour."""
     recorded = checkpoint.request
     simple_now, simple_then = bool(request.get("simple")), bool(recorded.get("simple"))
+    columns = len(checkpoint.response.get("columns") or [])
+    expected = _effective_formats([] if simple_then else list(recorded.get("result_formats")
+                                                              or []), columns)
+    actual = _effective_formats([] if simple_now else list(request.get("result_formats")
+                                                           or []), columns)
+    if expected != actual:
+        return ("result formats", ["binary" if f else "text" for f in expected],
+                ["binary" if f else "text" for f in actual])
     if simple_now != simple_then:
         return ("protocol", "simple Query" if simple_then else "Execute",
                 "simple Query" if simple_now else "Execute")
-    if simple_now:
-        return None
-    columns = len(checkpoint.response.get("columns") or [])
-    expected = _effective_formats(list(recorded.get("result_formats") or []), columns)
-    actual = _effective_formats(list(request.get("result_formats") or []), columns)
-    if expected == actual:
-        return None
-    return ("result formats", ["binary" if f else "text" for f in expected],
-            ["binary" if f else "text" for f in actual])
+    return None
