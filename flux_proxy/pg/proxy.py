@@ -286,6 +286,9 @@ class ClientConnection(asyncio.Protocol):
         """The server went away: tell the client cleanly, record open exchanges as failed."""
         if self.state == _CLOSED:
             return
+        if self.session.terminated and self.session.idle:
+            self.transport.close()  # type: ignore[union-attr]  # the expected goodbye
+            return
         reason = f"upstream connection lost{f': {exc}' if exc else ''}"
         frame = error_response("FATAL", "08006", reason)
         self.session.connection_lost(reason, _now(), frame)

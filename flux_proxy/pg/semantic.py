@@ -30,10 +30,17 @@ class StatementInfo:
     param_description: bytes | None = None
     row_description: bytes | None = None
     _catalog: bool | None = None
+    _parsed: m.Parse | None = None
+
+    @property
+    def parsed(self) -> m.Parse:
+        if self._parsed is None:
+            self._parsed = _parse_of(self.parse)
+        return self._parsed
 
     @property
     def sql(self) -> str:
-        return _parse_of(self.parse).sql
+        return self.parsed.sql
 
     def reads_only_catalog(self) -> bool:
         if self._catalog is None:
@@ -230,6 +237,34 @@ class _Results:
             self.current = {"command_tag": None, "columns": columns, "rows": []}
         return self.current
 
+    def feed_frames(self, frames: list[bytes]) -> None:
+        """The common reply frames are read in place; the rest are decoded to messages."""
+        for frame in frames:
+            t = frame[0]
+            if t == 0x44 and len(frame) >= 7:  # DataRow
+                current = self.current if self.current is not None else self._open()
+                values = _data_row_values(frame)
+                if values is None:
+                    continue
+                current["rows"].append(_row(values, current["columns"]))
+            elif t == 0x43 and frame[-1] == 0:  # CommandComplete
+                current = self.current if self.current is not None else self._open()
+                current["command_tag"] = frame[5:-1].decode("utf-8", "replace")
+                self.results.append(current)
+                self.current = None
+                if self.result_formats is None:
+                    self.described = None
+            elif t == 0x5A and len(frame) == 6:  # ReadyForQuery
+                self.tx_status = chr(frame[5])
+            elif t in _NOTHING_TO_SAY:  # ParseComplete, BindComplete, CloseComplete, NoData
+                continue
+            else:
+                try:
+                    msg = decode_backend(frame)
+                except ProtocolError:
+                    continue
+                self.feed(msg)
+
     def feed(self, msg: m.Message) -> None:
         if isinstance(msg, m.RowDescription):
             self.described = msg
@@ -297,6 +332,31 @@ class _Results:
         return out
 
 
+_NOTHING_TO_SAY = frozenset(b"123n")
+_I32 = struct.Struct("!i")
+
+
+def _data_row_values(frame: bytes) -> tuple[bytes | None, ...] | None:
+    """DataRow column values, or None when the frame is malformed."""
+    count = (frame[5] << 8) | frame[6]
+    pos, end = 7, len(frame)
+    values: list[bytes | None] = []
+    unpack = _I32.unpack_from
+    for _ in range(count):
+        if pos + 4 > end:
+            return None
+        n = unpack(frame, pos)[0]
+        pos += 4
+        if n < 0:
+            values.append(None)
+            continue
+        if pos + n > end:
+            return None
+        values.append(frame[pos:pos + n])
+        pos += n
+    return tuple(values) if pos == end else None
+
+
 def _decode_all(frames: list[bytes]) -> list[m.Message]:
     out: list[m.Message] = []
     for frame in frames:
@@ -339,8 +399,7 @@ def _simple(client_frames: list[bytes], server_frames: list[bytes],
     if copy_in:
         request["copy_data"] = [_text(f[5:]) for f in copy_in]
     results = _Results(None, None)
-    for msg in _decode_all(server_frames):
-        results.feed(msg)
+    results.feed_frames(server_frames)
     return request, results.response(context.broken)
 
 
@@ -350,21 +409,22 @@ def _extended(client_frames: list[bytes], server_frames: list[bytes],
     bind: m.Bind | None = None
     execute: m.Execute | None = None
     statement_name: str | None = None
+    statement = context.statement
     for frame in client_frames:
         t = frame[0]
         if t == 0x50 and parse is None:
-            parse = _parse_of(frame)
+            parse = (statement.parsed if statement is not None and statement.parse is frame
+                     else _parse_of(frame))
         elif t == 0x42:
             bind = decode_frontend(frame)  # type: ignore[assignment]
         elif t == 0x45:
             execute = decode_frontend(frame)  # type: ignore[assignment]
         elif t in (0x44, 0x43) and statement_name is None and frame[5] == 0x53:
             statement_name = frame[6:-1].decode("utf-8", "replace")
-    statement = context.statement
     if bind is None and context.bind is not None and execute is not None:
         bind = decode_frontend(context.bind)  # type: ignore[assignment]
-    if parse is None and statement is not None:
-        parse = _parse_of(statement.parse)
+    if statement is not None and (parse is None or bind is not None):
+        parse = statement.parsed  # the statement the Bind/Execute actually used
     described_params = None
     described_rows = None
     if statement is not None:
@@ -374,8 +434,7 @@ def _extended(client_frames: list[bytes], server_frames: list[bytes],
             described_rows = decode_backend(statement.row_description)
     results = _Results(bind.result_formats if bind is not None else None,
                        described_rows if execute is not None else None)  # type: ignore[arg-type]
-    for msg in _decode_all(server_frames):
-        results.feed(msg)
+    results.feed_frames(server_frames)
     oids = list(parse.param_oids) if parse is not None else []
     described = results.param_oids or (
         described_params.type_oids if isinstance(described_params, m.ParameterDescription)

@@ -65,6 +65,7 @@ class PgSession:
         self._batch: PgExchange | None = None  # extended messages since the last boundary
         self._tail: PgExchange | None = None  # last Execute exchange, open for Sync/Flush
         self.closed = False
+        self.terminated = False  # the client sent Terminate: the upstream will close
 
     @property
     def idle(self) -> bool:
@@ -126,6 +127,7 @@ class PgSession:
                 if queue:
                     queue[0][2].client_frames.append(frame)
             elif t == _X:
+                self.terminated = True
                 self._seal_tail()
                 self._seal_batch()
             # 'p' after startup is not expected (the proxy authenticated upstream): not recorded
