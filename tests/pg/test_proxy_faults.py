@@ -171,3 +171,11 @@ async def test_standalone_appends_one_json_line_per_exchange(pg: PgCluster,
     [query] = [e for e in exchanges if e.lifetime is Lifetime.REQUEST]
     assert query.request["params"] == [5] and query.response["rows"] == [[15]]
     assert query.client_frames and query.server_frames and docs[-1]["frames"]["client"]
+
+
+async def test_terminate_closes_quietly(recorder: Recorder) -> None:
+    client = await RawClient.connect(recorder.port)
+    await client.startup()
+    client.send(m.Terminate())
+    assert await client.read_raw() == b""  # no error after a requested goodbye
+    await client.close()

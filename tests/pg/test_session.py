@@ -265,3 +265,13 @@ def test_semantics_are_decoded_lazily_and_assignments_stick() -> None:
     assert ex.response == {"replaced": True} and ex.request["sql"] == "SELECT 1"
     doc = ex.to_json(frames=True)
     assert Exchange.from_json(doc).client_frames == ex.client_frames
+
+
+def test_function_call_is_one_request_exchange() -> None:
+    h = Harness()
+    h.client(m.FunctionCall(1598, (1,), (struct.pack("!i", 7),), 0))
+    h.server(m.FunctionCallResponse(b"7"), m.ReadyForQuery("I"))
+    [ex] = h.exchanges
+    assert ex.lifetime == Lifetime.REQUEST and not ex.failed
+    assert ex.request["function_oid"] == 1598 and ex.request["param_formats"] == [1]
+    assert ex.response["tx_status"] == "I"
