@@ -178,8 +178,9 @@ class WorkerPool:
         self._connections.clear()
 
     async def _start_worker(self, worker: Worker) -> None:
+        worker.boot_id = str(uuid.uuid4())  # known to `worker_starting`, before any boot IO
         await call_hook(self.hooks.worker_starting, worker)
-        await worker.start()
+        await worker.start(boot_id=worker.boot_id)
         await call_hook(self.hooks.worker_ready, worker)
 
     def _on_worker_exit(self, worker: Worker) -> None:

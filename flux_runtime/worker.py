@@ -176,8 +176,10 @@ class Worker:
         })
         return env
 
-    async def start(self) -> None:
-        """Start the process and return once the app listens; raise WorkerStartError otherwise."""
+    async def start(self, boot_id: str | None = None) -> None:
+        """Start the process and return once the app listens; raise WorkerStartError otherwise.
+
+        `boot_id` names this process's boot record (a fresh one if not given)."""
         app = self.config.app
         if not app.is_file():
             raise WorkerStartError(f"app file not found: {app}")
@@ -187,7 +189,7 @@ class Worker:
         token = secrets.token_hex(16)
         self._control.expect(token)
         self.port = free_port()
-        self.boot_id = str(uuid.uuid4())
+        self.boot_id = boot_id or str(uuid.uuid4())
         self.starts += 1
         generation = self.starts
         self.ready = False

@@ -55,17 +55,20 @@ class Served:
 async def serving(app: Path, **pool_args: Any) -> AsyncIterator[Served]:
     """Start `app` under a pool and a front on a free port; stop both afterwards."""
     served: Served | None = None
+    events: list[tuple[str, Any]] = []  # until `served` exists
 
     def on_execution(execution: Execution) -> None:
         assert served is not None
         served.executions[execution.id] = execution
-        served.events.append(("execution", execution.id))
+        events.append(("execution", execution.id))
         served.arrived.set()
 
     hooks = PoolHooks(
-        before_dispatch=lambda worker, execution_id: served.events.append(  # type: ignore[union-attr]
+        worker_starting=lambda worker: events.append(("starting", (worker.id, worker.boot_id))),
+        worker_ready=lambda worker: events.append(("ready", (worker.id, worker.boot_id))),
+        before_dispatch=lambda worker, execution_id: events.append(
             ("before", (worker.id, execution_id))),
-        after_completion=lambda worker, execution: served.events.append(  # type: ignore[union-attr]
+        after_completion=lambda worker, execution: events.append(
             ("after", (worker.id, execution.id))),
         on_execution=on_execution,
     )
@@ -74,7 +77,7 @@ async def serving(app: Path, **pool_args: Any) -> AsyncIterator[Served]:
     front = Front(pool, port=0)
     await front.start()
     client = aiohttp.ClientSession(auto_decompress=False)
-    served = Served(pool=pool, front=front, client=client)
+    served = Served(pool=pool, front=front, client=client, events=events)
     try:
         yield served
     finally:

@@ -115,3 +115,22 @@ async def test_app_answering_before_reading_the_body(mirror: Served) -> None:
     async with mirror.client.get(mirror.front.url + "/next") as response:
         assert response.status == 200
         assert json.loads(await response.read())["url"] == "/next"
+
+
+def test_front_and_pool_run_under_uvloop(tmp_path: Path) -> None:
+    """`flux serve` may run on uvloop, whose transports are not asyncio's classes."""
+    import uvloop
+
+    app = tmp_path / "uv.ts"
+    app.write_text(MIRROR_APP)
+
+    async def scenario() -> tuple[int, dict[str, object], int]:
+        async with serving(app, workers=1) as served:
+            async with served.client.post(served.front.url + "/uv", data=b"body") as response:
+                seen = json.loads(await response.read())
+                execution = await served.execution(response)
+            return response.status, seen, execution.status
+
+    status, seen, recorded = uvloop.run(scenario())
+    assert (status, recorded) == (200, 200)
+    assert seen["body"] == "body" and seen["url"] == "/uv"

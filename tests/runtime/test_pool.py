@@ -65,6 +65,9 @@ async def test_worker_crash_mid_request_is_a_502_an_error_record_and_a_restart()
             after = await served.execution(response)
         assert worker.pid != first_pid and worker.starts == 2
         assert after.boot_id != crashed.boot_id  # a new process is a new boot
+        starts = [event[1][1] for event in served.events if event[0] == "starting"]
+        readies = [event[1][1] for event in served.events if event[0] == "ready"]
+        assert starts == readies == [crashed.boot_id, after.boot_id]
         assert served.pool.crashes == 1
 
 
