@@ -15,6 +15,7 @@ import asyncio
 import csv
 import io
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -57,8 +58,10 @@ def serve_proxy(upstream: str, port: int, profile: str | None, decode: bool) -> 
         cProfile.runctx("uvloop.run(main())", globals(), locals(), profile)
     else:
         uvloop.run(main())
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime
     failed = sum(e.failed for e in kept)
-    print(f"{len(kept)} {failed}", flush=True)
+    print(f"{len(kept)} {failed} {cpu * 1e6 / max(1, len(kept)):.1f}", flush=True)
 
 
 def redis_benchmark(port: int, requests: int, pipeline: int) -> dict[str, float]:
@@ -109,7 +112,7 @@ def main() -> None:
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}; semantic decode "
           f"{'in the sink' if opts.decode else 'deferred (sink keeps raw-frame exchanges)'}")
     print(f"{'test':<8}{'pipeline':>9}{'direct rps':>13}{'flux rps':>13}{'ratio':>8}"
-          f"{'target':>8}  recorded (failed)")
+          f"{'target':>8}  recorded, failed, proxy CPU µs per exchange (last run)")
     try:
         for pipeline in opts.pipelines:
             direct: dict[str, float] = {}

@@ -427,6 +427,9 @@ class RespSession:
         True when `client_out` got exactly these frames, unchanged and nothing else."""
         pending = self._pending
         out = self.client_out
+        finished = self.finished
+        connection_id = self.connection_id
+        request_lifetime = Lifetime.REQUEST
         verbatim = True
         for frame in frames:
             first = frame[0]
@@ -439,8 +442,8 @@ class RespSession:
                 pending.popleft()
                 seq, client_frame, started_at, request_id = entry
                 out.append(frame)
-                self.finished.append(RedisExchange(
-                    self.connection_id, seq, Lifetime.REQUEST, request_id, started_at,
+                finished.append(RedisExchange(
+                    connection_id, seq, request_lifetime, request_id, started_at,
                     now - started_at, [client_frame], [frame], first == 45 or first == 33))
                 if pending and type(pending[0]) is not tuple and self._drain_synthetic(now):
                     verbatim = False
