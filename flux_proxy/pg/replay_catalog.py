@@ -134,6 +134,9 @@ class PgCatalog:
                 by_connection[exchange.connection].append(exchange)
         for recorded in by_connection.values():
             self._walk_connection(sorted(recorded, key=lambda x: x.seq))
+        for recorded in by_connection.values():
+            for exchange in recorded:
+                self._learn_from_semantics(exchange)
 
     # ------------------------------------------------------------------ building
 
@@ -210,6 +213,36 @@ class PgCatalog:
                 entry.row_description = described
             elif frame[0] == ord("n"):
                 entry.no_data = True
+
+    def _learn_from_semantics(self, exchange: Exchange) -> None:
+        """A statement prepared outside this recording (in an earlier request, on a pooled
+        connection) and only executed here: what its Execute's semantics tell of it.
+
+        The parameter types are the ones the server described; the columns keep their names
+        and types, and the fields the recording does not hold (table, column number, size,
+        modifier) are sent as for a computed column.
+        """
+        frames = exchange.client_frames
+        if not any(f[:1] == b"E" for f in frames) or any(f[:1] == b"P" for f in frames):
+            return
+        request, response = exchange.request, exchange.response
+        sql = request.get("sql")
+        if not sql or request.get("simple"):
+            return
+        entry = self.entry(sql)
+        if not entry.parsed and entry.parse_error is None:
+            entry.parsed = True  # it was executed, so it had parsed
+        oids = tuple(request.get("param_oids") or ())
+        if all(oids) and not entry.param_descriptions:
+            entry.param_descriptions[oids] = m.ParameterDescription(oids).encode()
+        if entry.described:
+            return
+        columns = response.get("columns") or []
+        if columns:
+            entry.row_description = m.RowDescription(tuple(
+                m.FieldDescription(c["name"], type_oid=c["type_oid"]) for c in columns))
+        elif response.get("command_tag") is not None:
+            entry.no_data = True
 
     def _add_catalog_read(self, exchange: Exchange) -> None:
         request: dict[str, Any] = exchange.request

@@ -96,6 +96,28 @@ async def asyncpg_pool(url: str, tag: Tag, variant: str) -> list[Any]:
     return out
 
 
+async def asyncpg_cached(url: str, tag: Tag, variant: str) -> list[Any]:
+    """The request runs statements an earlier request prepared on the same connection: the
+    recording of this request holds only their Bind/Execute. Variant `fresh`: that earlier
+    request never ran (a new worker), so the driver parses and describes them anew."""
+    conn = await asyncpg.connect(url, ssl=False)
+    await conn.execute("CREATE TABLE IF NOT EXISTS rc_users (id int PRIMARY KEY, name text); "
+                       "INSERT INTO rc_users VALUES (1, 'ada'), (2, 'alan') "
+                       "ON CONFLICT DO NOTHING")
+    by_id = "SELECT id, name FROM rc_users WHERE id = $1"
+    rename = "UPDATE rc_users SET name = $2 WHERE id = $1"
+    if variant != "fresh":
+        tag("an-earlier-request")
+        await conn.fetchrow(by_id, 1)
+        await conn.execute(rename, 1, "ada")
+        tag(None)
+    tag(REQUEST)
+    out = [tuple(await conn.fetchrow(by_id, 2)), await conn.execute(rename, 2, "alan")]
+    tag(None)
+    await conn.close()
+    return out
+
+
 async def asyncpg_failed_transaction(url: str, tag: Tag, variant: str) -> list[Any]:
     """A unique violation inside a transaction (status E), a query refused in it, ROLLBACK."""
     conn = await asyncpg.connect(url, ssl=False)
@@ -170,7 +192,7 @@ async def psycopg_app(url: str, tag: Tag, variant: str) -> list[Any]:
 
 
 SCENARIOS: dict[str, Scenario] = {
-    "asyncpg_app": asyncpg_app, "asyncpg_pool": asyncpg_pool,
+    "asyncpg_app": asyncpg_app, "asyncpg_pool": asyncpg_pool, "asyncpg_cached": asyncpg_cached,
     "asyncpg_failed_transaction": asyncpg_failed_transaction, "psycopg_app": psycopg_app}
 
 
@@ -198,7 +220,7 @@ async def replayed(recordings: dict[str, Recorded], name: str, variant: str = ""
 # -------------------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("name", list(SCENARIOS))
+@pytest.mark.parametrize("name", [n for n in SCENARIOS if n != "asyncpg_cached"])
 async def test_replay_gives_the_driver_identical_results(recordings: dict[str, Recorded],
                                                          name: str) -> None:
     recorded, again = await replayed(recordings, name)
@@ -240,6 +262,17 @@ async def test_named_statements_on_fresh_connections_and_more_connections_than_r
     named = [x for x in in_request if x.request["sql"] == "SELECT $1::int4 + 1"]
     assert [x.request["statement"] for x in named] == ["replay_chose_this"] * 2
     assert [x.request["params"] for x in named] == [[1], [2]]
+
+
+async def test_statements_prepared_before_the_request_are_parsed_anew_in_replay(
+        recordings: dict[str, Recorded]) -> None:
+    recorded, again = await replayed(recordings, "asyncpg_cached", "fresh")
+    mine = [x for x in recorded.exchanges if x.request_id == REQUEST]
+    assert mine and not any(f[:1] in (b"P", b"D") for x in mine for f in x.client_frames)
+    assert again.result == recorded.result
+    assert again.book.stopped_at is None and again.book.unused() == []
+    assert [r.match.kind for r in again.book.replayed if r.during_request] == [
+        MatchKind.EXACT, MatchKind.EXACT]
 
 
 async def test_a_changed_parameter_is_answered_and_reported_as_a_divergence(

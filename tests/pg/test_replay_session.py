@@ -218,3 +218,23 @@ def test_garbage_from_the_client_gets_a_fatal_error_and_closes() -> None:
     data = client.session.receive(b"\x01\0\0\0\4")
     assert decode_backend(data).sqlstate == "08P01"  # type: ignore[union-attr]
     assert client.session.closed
+
+
+def test_a_statement_prepared_outside_the_recording_is_described_from_its_execute() -> None:
+    """The recording lost its Parse/Describe (an earlier request prepared it): a fresh
+    connection's Parse/Describe/Flush are answered from the Execute's recorded semantics."""
+    exchanges = [x for x in recorded() if x.lifetime is not Lifetime.CONNECTION]
+    book = ReplayBook([x for x in exchanges if x.request_id == "req"],
+                      [x for x in exchanges if x.request_id is None])
+    client = Client(book)
+    client.start()
+    answer = client.send(m.Parse("fresh", "SELECT $1::int4 + 1 AS n", ()),
+                         m.Describe("S", "fresh"), m.Flush())
+    assert kinds(answer) == ["ParseComplete", "ParameterDescription", "RowDescription"]
+    assert answer[1] == m.ParameterDescription((23,))
+    [field] = answer[2].fields  # type: ignore[attr-defined]
+    assert (field.name, field.type_oid, field.format) == ("n", 23, 0)
+    answer = client.send(m.Bind("", "fresh", (1,), ((41).to_bytes(4, "big"),), (0,)),
+                         m.Execute("", 0), m.Sync())
+    assert answer[1] == m.DataRow((b"42",))
+    assert client.book.replayed[0].match.kind is MatchKind.EXACT
