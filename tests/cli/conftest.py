@@ -84,6 +84,7 @@ class Recorded:
     wrongtype: str
     ok: str
     signup: str
+    many: str
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +105,8 @@ async def recorded(pg: PgCluster, redis_plain: RedisServer,
             for name, target in [("signup", "/signup?email=ada@example.com"),
                                  ("unique_violation", "/signup?email=ada@example.com"),
                                  ("throw_after_update", "/visit?email=ada@example.com"),
-                                 ("slow", "/slow"), ("wrongtype", "/wrongtype"), ("ok", "/")]:
+                                 ("slow", "/slow"), ("wrongtype", "/wrongtype"), ("ok", "/"),
+                                 ("many", "/many")]:
                 async with http.get(base + target) as response:
                     await response.read()
                     ids[name] = response.headers["x-flux-execution-id"]

@@ -113,3 +113,14 @@ async def test_errors_are_one_line(recorded: Recorded) -> None:
     down = await recorded.cli.run("logs", "--server", "127.0.0.1:9")
     assert down.returncode == 1
     assert down.stderr.count("\n") == 1 and "flux server" in down.stderr
+
+
+async def test_trace_stays_readable_with_200_exchanges(recorded: Recorded) -> None:
+    doc = await recorded.cli.json("trace", recorded.many)
+    assert len([x for x in doc["exchanges"] if x["lifetime"] == "request"]) == 200
+    short = await recorded.cli.run("trace", recorded.many)
+    assert short.returncode == 0, short.stderr
+    assert "SELECT $1::int AS n" in short.stdout and "× 200" in short.stdout
+    assert len(short.stdout.splitlines()) < 40
+    full = await recorded.cli.run("trace", recorded.many, "--verbose")
+    assert full.stdout.count("SELECT $1::int AS n") == 200
