@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import os
 import re
+import resource
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ class Figures:
     p50_ms: float
     p99_ms: float
     errors: str
+    requests: int = 0
+    front_cpu_us: float = float("nan")  # CPU of the Flux process per request
 
 
 def milliseconds(text: str) -> float:
@@ -57,10 +60,16 @@ async def wrk(label: str, url: str, duration: int, connections: int) -> Figures:
     p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
     p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
     errors = re.search(r"(Non-2xx or 3xx responses: \d+|Socket errors: .*)", out)
+    total = re.search(r"(\d+) requests in", out)
     return Figures(label, float(rps.group(1)) if rps else 0.0,
                    milliseconds(p50.group(1)) if p50 else float("nan"),
                    milliseconds(p99.group(1)) if p99 else float("nan"),
-                   errors.group(1) if errors else "")
+                   errors.group(1) if errors else "", int(total.group(1)) if total else 0)
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def bare(app: Path, duration: int, connections: int, wait_ms: int) -> Figures:
@@ -94,7 +103,10 @@ async def through_flux(app: Path, workers: int, duration: int, connections: int,
     front = Front(pool, port=0)
     await front.start()
     try:
-        return await wrk(f"flux, {workers} worker(s)", front.url + "/", duration, connections)
+        before = cpu_seconds()
+        figures = await wrk(f"flux, {workers} worker(s)", front.url + "/", duration, connections)
+        figures.front_cpu_us = (cpu_seconds() - before) / max(figures.requests, 1) * 1e6
+        return figures
     finally:
         await front.stop()
         await pool.stop()
@@ -111,14 +123,18 @@ async def main(args: argparse.Namespace) -> None:
             rows.append(await through_flux(app, workers, args.duration, args.connections,
                                            args.wait_ms))
     loop = "uvloop" if args.uvloop else "asyncio"
+    load = os.getloadavg()[0]
     kind = f"Deno.serve, handler waits {args.wait_ms} ms" if args.wait_ms else "trivial Deno.serve"
     print(f"app: {args.app or kind}; wrk -t2 -c{args.connections} "
-          f"-d{args.duration}s; event loop: {loop}; cores: {os.cpu_count()}")
-    print(f"{'':24} {'req/s':>9} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8}  errors")
+          f"-d{args.duration}s; event loop: {loop}; cores: {os.cpu_count()}; "
+          f"load average at the end: {load:.1f}")
+    print(f"{'':24} {'req/s':>9} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'flux CPU/req':>13}"
+          "  errors")
     for row in rows:
         ratio = row.requests_per_second / max(base.requests_per_second, 1e-9)
+        cpu = "" if row.front_cpu_us != row.front_cpu_us else f"{row.front_cpu_us:.0f} us"
         print(f"{row.label:24} {row.requests_per_second:9.0f} {ratio:6.2f} {row.p50_ms:8.2f} "
-              f"{row.p99_ms:8.2f}  {row.errors}")
+              f"{row.p99_ms:8.2f} {cpu:>13}  {row.errors}")
 
 
 if __name__ == "__main__":
