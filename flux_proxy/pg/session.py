@@ -66,6 +66,7 @@ class PgSession:
         self._tail: PgExchange | None = None  # last Execute exchange, open for Sync/Flush
         self.closed = False
         self.terminated = False  # the client sent Terminate: the upstream will close
+        self._server_skipping = False  # an error was answered and no Sync has been sent yet
 
     @property
     def idle(self) -> bool:
@@ -86,13 +87,17 @@ class PgSession:
                         self._seal_tail()
                     batch = self._batch = self._open(KIND_EXTENDED, now)
                 batch.client_frames.append(frame)
-                batch.pending += 1
-                queue.append((t, completes, batch))
+                if self._server_skipping:
+                    batch.failed = True  # the server discards it: no reply will come
+                else:
+                    batch.pending += 1
+                    queue.append((t, completes, batch))
                 if t == _E:
                     batch.has_execute = True
                     self._tail = batch
                     self._batch = None
             elif t == _S:
+                self._server_skipping = False
                 target = self._batch
                 if target is not None:
                     self._batch = None
@@ -112,9 +117,13 @@ class PgSession:
                     self._seal_batch()
                 ex = self._open(KIND_SIMPLE if t == _Q else KIND_FUNCTION, now)
                 ex.client_frames.append(frame)
-                ex.pending = 1
-                ex.sealed = True
-                queue.append((t, b"Z", ex))
+                if self._server_skipping:  # discarded by the server until the next Sync
+                    ex.failed = True
+                    self._seal(ex)
+                else:
+                    ex.pending = 1
+                    ex.sealed = True
+                    queue.append((t, b"Z", ex))
             elif t == _H:
                 batch = self._batch
                 if batch is not None:
@@ -185,7 +194,11 @@ class PgSession:
             queue[0][2].last_at = now
 
     def _skip_to_sync(self, now: float) -> None:
-        """After an error the server ignores everything up to the next Sync."""
+        """After an error the server ignores everything up to the next Sync.
+
+        Messages already sent are popped here; if no Sync was sent yet, the ones the client
+        sends before it are discarded by the server too (`_server_skipping`).
+        """
         queue = self._queue
         while queue and queue[0][0] != _S:
             _, _, skipped = queue.popleft()
@@ -194,6 +207,8 @@ class PgSession:
             if skipped.pending == 0 and skipped.sealed:
                 skipped.last_at = now
                 self._complete(skipped)
+        if not queue:
+            self._server_skipping = True
 
     def _unsolicited(self, frame: bytes, now: float) -> None:
         """A server frame no pending client message asked for."""

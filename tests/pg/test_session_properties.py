@@ -1,0 +1,91 @@
+"""Property test: whatever the client pipelines, every frame lands in exactly one exchange,
+in order, against a simulated server that follows the protocol (errors skip to Sync)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flux_proxy.model import Exchange, RequestTag
+from flux_proxy.pg import messages as m
+from flux_proxy.pg.session import PgSession
+
+CLIENT_MESSAGES = {
+    "Q": m.Query("SELECT 1"), "P": m.Parse("", "SELECT 1"), "B": m.Bind(),
+    "DS": m.Describe("S", ""), "DP": m.Describe("P", ""), "E": m.Execute(), "S": m.Sync(),
+    "H": m.Flush(), "C": m.Close("S", "x"),
+}
+ERROR = m.ErrorResponse((("S", "ERROR"), ("C", "XX000"), ("M", "boom")))
+
+
+def simulated_replies(kinds: list[str], errors: list[bool]) -> list[list[m.Message]]:
+    """What a server answers to each client message (empty when it has nothing to say)."""
+    skipping = False
+    out: list[list[m.Message]] = []
+    for kind, error in zip(kinds, errors, strict=True):
+        replies: list[m.Message] = []
+        if kind == "S":
+            replies = [m.ReadyForQuery("I")]
+            skipping = False
+        elif skipping or kind == "H":
+            pass
+        elif kind == "Q":
+            replies = ([ERROR] if error else [m.DataRow((b"1",)), m.CommandComplete("SELECT 1")]
+                       ) + [m.ReadyForQuery("I")]
+        elif error:
+            replies, skipping = [ERROR], True
+        else:
+            replies = {"P": [m.ParseComplete()], "B": [m.BindComplete()],
+                       "DS": [m.ParameterDescription(()), m.NoData()], "DP": [m.NoData()],
+                       "E": [m.DataRow((b"1",)), m.CommandComplete("SELECT 1")],
+                       "C": [m.CloseComplete()]}[kind]
+        out.append(replies)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(sorted(CLIENT_MESSAGES)), st.booleans(),
+                          st.booleans()), max_size=25))
+def test_every_frame_lands_in_exactly_one_exchange(steps: list[tuple[str, bool, bool]]) -> None:
+    kinds = [k for k, _, _ in steps]
+    errors = [e and k != "S" for k, e, _ in steps]
+    replies = simulated_replies(kinds, errors)
+    exchanges: list[Exchange] = []
+    session = PgSession(1, exchanges.append, RequestTag())
+    now = 0.0
+    sent: list[bytes] = []
+    answered: list[bytes] = []
+    pending: list[bytes] = []
+    for (kind, _, reply_now), reply in zip(steps, replies, strict=True):
+        frame = CLIENT_MESSAGES[kind].encode()
+        sent.append(frame)
+        now += 1
+        session.client_frames([frame], now)
+        pending += [x.encode() for x in reply]
+        if reply_now:  # sometimes the server answers late, in one burst
+            answered += pending
+            session.server_frames(pending, now)
+            pending = []
+    answered += pending
+    session.server_frames(pending, now + 1)
+    session.connection_lost("end of test", now + 2)
+
+    ordered = sorted(exchanges, key=lambda e: e.seq)
+    assert [e.seq for e in ordered] == list(range(1, len(ordered) + 1))
+    recorded_client = [f for e in ordered for f in e.client_frames]
+    flush = m.Flush().encode()
+    assert [f for f in recorded_client if f != flush] == [f for f in sent if f != flush]
+    assert [f for e in ordered for f in e.server_frames] == answered
+    # Each exchange holds exactly the replies to its own client messages.
+    index = 0
+    for e in ordered:
+        expected: list[bytes] = []
+        for frame in e.client_frames:
+            while sent[index] != frame:
+                assert sent[index] == flush  # only unrecorded Flushes are skipped over
+                index += 1
+            expected += [x.encode() for x in replies[index]]
+            index += 1
+        assert e.server_frames == expected
+        if any(f[0:1] == b"E" for f in e.server_frames):
+            assert e.failed
