@@ -2,7 +2,7 @@
 
 Going through the record dataclasses would parse every exchange's JSON only to serialise it
 again; here the JSON text passes through untouched (Postgres checks it on input as type
-`json`; the SQLite store checks it itself). `tests/server/test_ingest.py` proves the rows are
+`json`, SQLite by json_valid CHECK constraints). `tests/server/test_ingest.py` proves the rows are
 the same as those made from records.
 """
 
