@@ -37,6 +37,7 @@ from flux_proxy.pg.semantic import (
     build_semantics,
     sql_reads_only_catalog,
 )
+from flux_proxy.replay import ReplayBook
 
 MISS_SQLSTATE = "FX001"  # no recorded answer: the replay stops at this IO boundary
 MISMATCH_SQLSTATE = "FX002"  # a recorded answer exists but cannot serve this client as asked
@@ -69,8 +70,9 @@ def _effective_formats(formats: list[int], columns: int) -> list[int]:
 class PgReplaySession:
     """One replayed client connection (see the module docstring)."""
 
-    def __init__(self, book: Any, catalog: PgCatalog, connection: int, tag: RequestTag) -> None:
-        self.book = book  # a flux_proxy.replay.ReplayBook
+    def __init__(self, book: ReplayBook, catalog: PgCatalog, connection: int,
+                 tag: RequestTag) -> None:
+        self.book = book
         self.catalog = catalog
         self.connection = connection
         self.tag = tag
