@@ -97,6 +97,11 @@ class FluxClient:
         self._channel = grpc.aio.insecure_channel(self.address, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # a restarted server is found again within ~2 s, not after gRPC's default
+            # backoff of up to 2 minutes (the shipper and `flux tail` retry on their own)
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ])
         self._stub = pb_grpc.FluxStub(self._channel)
 

@@ -314,3 +314,21 @@ async def test_big_batches_are_split_into_calls_under_the_limit(tmp_path: Path) 
             assert await client.get(big[-1].id) == big[-1]
     finally:
         await server.stop()
+
+
+async def test_a_client_finds_a_restarted_server_again(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    async with FluxClient(address, timeout=2) as client:
+        for _ in range(3):  # let the channel fail a few times, growing its backoff
+            with pytest.raises(ServerUnavailable):
+                await client.list()
+            await asyncio.sleep(0.2)
+        server = FluxServer(SqliteStore(tmp_path / "flux.db"), address)
+        await server.start()
+        try:
+            async with asyncio.timeout(5):
+                while not await client.answers(timeout=0.5):
+                    pass
+            assert (await client.record_batch([make_execution()])).executions == 1
+        finally:
+            await server.stop()
