@@ -321,13 +321,16 @@ class WorkerPool:
             status = response.status
             response_headers = [*end_to_end(response.headers), (EXECUTION_HEADER, execution_id)]
             await sink.start(status, response.reason, response_headers)
-            held = b""  # one chunk behind, so the last one leaves with the end of the response
+            finished = False
             async for chunk in response.chunks():
                 response_capture.feed(chunk)
-                if held:
-                    await sink.write(held)
-                held = chunk
-            await sink.finish(held)
+                if response.complete:  # the last bytes leave with the end of the response
+                    await sink.finish(chunk)
+                    finished = True
+                else:  # streamed at once: a slow stream (SSE) must not wait for its next chunk
+                    await sink.write(chunk)
+            if not finished:
+                await sink.finish()
             if not report_future.done():
                 async with asyncio.timeout(self.report_timeout):
                     await asyncio.shield(report_future)

@@ -36,6 +36,11 @@ class UpstreamResponse:
         async for chunk in self.connection.body():
             yield chunk
 
+    @property
+    def complete(self) -> bool:
+        """Every byte of the body has been handed out (or is in the chunk just yielded)."""
+        return self.connection is not None and self.connection.drained
+
 
 class WorkerConnection(asyncio.Protocol):
     """One request at a time over a persistent connection to one worker."""
@@ -73,6 +78,10 @@ class WorkerConnection(asyncio.Protocol):
             self._body_writer.done() and not self._body_writer.cancelled()
             and self._body_writer.exception() is None)
         return not self.closed and idle and body_sent and self._error is None
+
+    @property
+    def drained(self) -> bool:
+        return self._complete and not self._body
 
     def close(self) -> None:
         self.closed = True

@@ -20,6 +20,19 @@ Deno.serve(async (request: Request) => {
   }
   if (url.pathname === "/empty") return new Response(null, { status: 204 });
   if (url.pathname === "/early") return new Response("too large", { status: 413 });
+  if (url.pathname === "/duplex") {
+    // answers "first", then waits for the client's next body bytes before "second"
+    const reader = request.body!.getReader();
+    const stream = new ReadableStream({
+      async start(controller) {
+        controller.enqueue(new TextEncoder().encode("first;"));
+        const { value } = await reader.read();
+        controller.enqueue(new TextEncoder().encode(`second ${new TextDecoder().decode(value)};`));
+        controller.close();
+      },
+    });
+    return new Response(stream);
+  }
   const body = await request.text();
   const headers: [string, string][] = [];
   request.headers.forEach((value, name) => headers.push([name, value]));
@@ -134,3 +147,20 @@ def test_front_and_pool_run_under_uvloop(tmp_path: Path) -> None:
     status, seen, recorded = uvloop.run(scenario())
     assert (status, recorded) == (200, 200)
     assert seen["body"] == "body" and seen["url"] == "/uv"
+
+
+async def test_streams_flow_both_ways_while_the_request_is_open(mirror: Served) -> None:
+    """A chunk the app streams reaches the client at once, before the app needs more input."""
+    reader, writer = await asyncio.open_connection(mirror.front.host, mirror.front.port)
+    writer.write(b"POST /duplex HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+    await writer.drain()
+    received = b""
+    async with asyncio.timeout(10):
+        while b"first;" not in received:
+            received += await reader.read(65536)
+        writer.write(b"2\r\ngo\r\n0\r\n\r\n")
+        await writer.drain()
+        while b"second" not in received or not received.endswith(b"0\r\n\r\n"):
+            received += await reader.read(65536)
+    writer.close()
+    assert b"second go;" in received
