@@ -141,7 +141,9 @@ class Front:
             await request.writer.write(b"HTTP/%d.%d 100 Continue\r\n\r\n" % request.version)
         body = request.content.iter_chunked(READ_CHUNK) if request.body_exists else None
         sink = ClientSink(request)  # type: ignore[arg-type]
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else None
         await self.pool.serve(IncomingRequest(method=request.method, path=path, query=query,
-                                              headers=headers, body=body), sink)
+                                              headers=headers, body=body, remote=remote), sink)
         assert sink.response is not None
         return sink.response

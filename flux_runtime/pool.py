@@ -26,6 +26,8 @@ from flux_runtime.deno import deno_version
 from flux_runtime.relay import (
     DEFAULT_BODY_CAP,
     EXECUTION_HEADER,
+    FLUX_REQUEST_HEADERS,
+    REMOTE_HEADER,
     BodyCapture,
     BufferSink,
     IncomingRequest,
@@ -308,8 +310,10 @@ class WorkerPool:
             if determinism is not None:
                 await worker.prime(execution_id, determinism)
             forwarded = [*((name, value) for name, value in end_to_end(request.headers)
-                           if name.lower() != EXECUTION_HEADER),  # only the front sets it
+                           if name.lower() not in FLUX_REQUEST_HEADERS),  # only Flux sets them
                          (EXECUTION_HEADER, execution_id)]
+            if request.remote:
+                forwarded.append((REMOTE_HEADER, request.remote))
             body: Any = None
             if isinstance(request.body, bytes):
                 request_capture.feed(request.body)

@@ -8,6 +8,8 @@ from typing import Protocol
 
 DEFAULT_BODY_CAP = 1024 * 1024
 EXECUTION_HEADER = "x-flux-execution-id"
+REMOTE_HEADER = "x-flux-remote-addr"  # the client's address, for the app (stripped by the shim)
+FLUX_REQUEST_HEADERS = frozenset({EXECUTION_HEADER, REMOTE_HEADER})
 
 # Per-connection headers (RFC 9110 7.6.1): they describe one hop, never the message.
 HOP_BY_HOP = frozenset({
@@ -63,6 +65,7 @@ class IncomingRequest:
     query: str = ""  # raw query string, without "?"
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: AsyncIterable[bytes] | bytes | None = None
+    remote: str | None = None  # the client's "host:port", which the app sees as its peer
 
     @property
     def target(self) -> str:

@@ -15,6 +15,7 @@
 import nodeHttp from "node:http";
 
 const HEADER = "x-flux-execution-id";
+const REMOTE_HEADER = "x-flux-remote-addr"; // the client's address, as "host:port"
 const SHIM_URL = import.meta.url;
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
@@ -360,9 +361,32 @@ type Handler = (request: Request, info: Deno.ServeHandlerInfo) => Response | Pro
 function withoutFluxHeader(request: Request): Request {
   const headers = new Headers(request.headers);
   headers.delete(HEADER);
+  headers.delete(REMOTE_HEADER);
   return new Proxy(request, {
     get(target, property) {
       if (property === "headers") return headers;
+      const value = Reflect.get(target, property, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
+/** "host:port" (IPv6 hosts keep their colons) as the address Deno would have reported. */
+function parseRemote(value: string | null | undefined): { hostname: string; port: number } | null {
+  if (!value) return null;
+  const colon = value.lastIndexOf(":");
+  if (colon <= 0) return null;
+  return { hostname: value.slice(0, colon), port: Number(value.slice(colon + 1)) };
+}
+
+/** The handler info with the client's address instead of the Flux front's. */
+function withClientAddress(info: Deno.ServeHandlerInfo, remote: string | null): Deno.ServeHandlerInfo {
+  const address = parseRemote(remote);
+  if (address === null) return info;
+  const remoteAddr = { transport: "tcp" as const, ...address };
+  return new Proxy(info, {
+    get(target, property) {
+      if (property === "remoteAddr") return remoteAddr;
       const value = Reflect.get(target, property, target);
       return typeof value === "function" ? value.bind(target) : value;
     },
@@ -380,7 +404,8 @@ function wrapHandler(handler: Handler): Handler {
       else setTimeout(() => finish(ctx), 0);
     };
     try {
-      const response = await handler(withoutFluxHeader(request), info);
+      const clientInfo = withClientAddress(info, request.headers.get(REMOTE_HEADER));
+      const response = await handler(withoutFluxHeader(request), clientInfo);
       end();
       return response;
     } catch (error) {
@@ -458,10 +483,19 @@ function installNodeHttp(): void {
     const [request, response] = args as [nodeHttp.IncomingMessage, nodeHttp.ServerResponse];
     const id = request.headers[HEADER];
     if (typeof id !== "string") return realEmit.call(this, event, ...args);
+    const remote = parseRemote(request.headers[REMOTE_HEADER] as string | undefined);
     delete request.headers[HEADER];
+    delete request.headers[REMOTE_HEADER];
     const raw = request.rawHeaders;
     for (let i = raw.length - 2; i >= 0; i -= 2) {
-      if (raw[i].toLowerCase() === HEADER) raw.splice(i, 2);
+      const name = raw[i].toLowerCase();
+      if (name === HEADER || name === REMOTE_HEADER) raw.splice(i, 2);
+    }
+    if (remote !== null && request.socket) {
+      // one request at a time per worker: the shared front connection shows this client
+      for (const [key, value] of [["remoteAddress", remote.hostname], ["remotePort", remote.port]]) {
+        Object.defineProperty(request.socket, key, { value, configurable: true });
+      }
     }
     const ctx = begin(id);
     const end = () => setTimeout(() => finish(ctx), 0);

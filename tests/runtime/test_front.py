@@ -164,3 +164,27 @@ async def test_streams_flow_both_ways_while_the_request_is_open(mirror: Served) 
             received += await reader.read(65536)
     writer.close()
     assert b"second go;" in received
+
+
+PEER_APPS = {
+    "deno_serve": "Deno.serve((_req, info) => "
+                  "new Response(`${info.remoteAddr.hostname}:${info.remoteAddr.port}`));",
+    "node_http": "import http from 'node:http';\n"
+                 "http.createServer((req, res) => "
+                 "res.end(`${req.socket.remoteAddress}:${req.socket.remotePort}`)).listen(3000);",
+}
+
+
+@pytest.mark.parametrize("style", sorted(PEER_APPS))
+async def test_app_sees_the_client_address_not_the_fronts(style: str, tmp_path: Path) -> None:
+    app = tmp_path / f"peer_{style}.ts"
+    app.write_text(PEER_APPS[style] + "\n")
+    async with serving(app, workers=1) as served:
+        for _ in range(2):  # two clients, one worker connection
+            reader, writer = await asyncio.open_connection(served.front.host, served.front.port)
+            host, port = writer.get_extra_info("sockname")[:2]
+            writer.write(b"GET / HTTP/1.1\r\nHost: h\r\nx-flux-remote-addr: 6.6.6.6:6\r\n"
+                         b"Connection: close\r\n\r\n")
+            answer = await reader.read()
+            writer.close()
+            assert answer.partition(b"\r\n\r\n")[2] == f"{host}:{port}".encode()
