@@ -73,6 +73,7 @@ class RedisProxy:
             connection.abort()
         if self._server is not None:
             await self._server.wait_closed()
+        await asyncio.sleep(0)  # let the aborted connections report what they were waiting for
         self._deliver()
 
     def _new_session(self) -> RespSession:
@@ -136,7 +137,8 @@ class ClientConnection(asyncio.Protocol):
         if frames:
             session = self.session
             if (session.client_commands(frames, now, scanner.names) and not carried
-                    and not scanner._buffered and self.upstream_ready):
+                    and not scanner._buffered and self.upstream_ready
+                    and len(session.upstream_out) == len(frames)):
                 # Exactly `data`, untouched: skip re-joining the frames.
                 session.upstream_out.clear()
                 self.upstream.transport.write(data)  # type: ignore[union-attr]
@@ -286,7 +288,7 @@ class UpstreamConnection(asyncio.Protocol):
             session = client.session
             if (session.server_frames(frames, time.time()) and not carried
                     and not scanner._buffered and not session.upstream_out
-                    and not client.closed):
+                    and len(session.client_out) == len(frames) and not client.closed):
                 session.client_out.clear()
                 client.transport.write(data)  # type: ignore[union-attr]
                 if client.listener._finished:

@@ -552,7 +552,7 @@ class RespSession:
         if entry.kind == Kind.HELLO and ok and len(args) > 1 and args[1] in (b"2", b"3"):
             self.protocol = int(args[1])
             self._update_mode()
-        elif entry.kind == Kind.SELECT and ok and len(args) > 1 and args[1].isdigit():
+        elif entry.kind == Kind.SELECT and frame == OK and len(args) > 1 and args[1].isdigit():
             self.db = int(args[1])
         elif entry.kind == Kind.MONITOR and ok:
             self.monitor = True
