@@ -56,7 +56,7 @@ def default_worker_count() -> int:
 
 @dataclass(slots=True)
 class PoolHooks:
-    """Where the lead plugs in proxies, boot records and the shipper. Each may be async.
+    """Where `flux serve` plugs in proxies, boot records and the shipper. Each may be async.
 
     - `worker_starting(worker)`: a worker process is about to start (again); its boot IO
       begins now, under `worker.boot_id`.
