@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from rich.console import Console, Group
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -46,7 +45,11 @@ def logs_table(executions: list[ExecutionSummary]) -> Table:
         status = Text(str(e.status), style=status_style(e.status, e.outcome.value))
         if e.outcome.value == "error" and e.status < 500:
             status.append(" error", style="red")
-        table.add_row(local_time(e.started_at), e.method, escape(_with_query(e)), status,
+        path = Text(_with_query(e))
+        if e.mode.value != "record":
+            parent = f" of {short_id(e.parent_id)}" if e.parent_id else ""
+            path.append(f"  ({e.mode.value}{parent})", style="dim")
+        table.add_row(local_time(e.started_at), e.method, path, status,
                       f"{e.duration * 1000:.0f} ms", short_id(e.id))
     return table
 
