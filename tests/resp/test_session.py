@@ -248,7 +248,7 @@ def test_fast_request_rendering_matches_the_full_decode(args):
     assert request_from_frame(encode_command(*args)) == command_json(args)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(values)
 def test_fast_reply_rendering_matches_the_full_decode(value):
     assert response_from_frames([encode(value)]) == reply_json(value)
