@@ -470,3 +470,25 @@ async def test_client_reply_skip_against_a_real_server(redis_plain):
         await rec.wait_for(lambda: len(rec.exchanges) == 4)
     assert [len(e.server_frames) for e in sorted(rec.exchanges, key=lambda e: e.seq)] == \
         [0, 0, 1, 1]
+
+
+async def test_node_redis_style_handshake_in_one_write(redis_auth):
+    """redis@5/6 send HELLO 3 AUTH … SETNAME, CLIENT SETINFO twice and SELECT in one write."""
+    async with proxy_for(redis_auth.url(user="flux", password="fluxpw")) as (proxy, rec):
+        frames = await raw_roundtrip(
+            proxy.port,
+            encode_command("HELLO", 3, "AUTH", "flux", "", "SETNAME", "app")
+            + encode_command("CLIENT", "SETINFO", "LIB-NAME", "node-redis")
+            + encode_command("CLIENT", "SETINFO", "LIB-VER", "5.0.0")
+            + encode_command("SELECT", 1) + encode_command("CLIENT", "GETNAME")
+            + encode_command("ACL", "WHOAMI"), 6)
+        assert frames[0].startswith(b"%")  # the real server's HELLO map, in RESP3
+        assert frames[3] == b"+OK\r\n"
+        assert frames[4] == b"$3\r\napp\r\n"
+        assert frames[5] == b"$4\r\nflux\r\n"
+        await rec.wait_for(lambda: len(rec.exchanges) == 6)
+    lifetimes = [e.lifetime.value for e in rec.exchanges]
+    assert lifetimes == ["session"] * 4 + ["request"] * 2
+    hello = rec.exchanges[0]
+    assert hello.request["args"] == ["3", "AUTH", "flux", "<redacted>", "SETNAME", "app"]
+    assert hello.response["value"]["proto"] == 3
