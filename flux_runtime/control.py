@@ -108,7 +108,11 @@ class ControlServer:
             while line := await reader.readline():
                 if self._writer is not writer:
                     break
-                self._on_message(json.loads(line))
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue  # never seen from the shim; not worth losing the worker over
+                self._on_message(message)
         except (ConnectionError, ValueError, asyncio.LimitOverrunError):
             pass
         except asyncio.CancelledError:

@@ -17,6 +17,7 @@ import nodeHttp from "node:http";
 const HEADER = "x-flux-execution-id";
 const REMOTE_HEADER = "x-flux-remote-addr"; // the client's address, as "host:port"
 const SHIM_URL = import.meta.url;
+const CONSOLE_CAP = 1024 * 1024; // characters of console text recorded per request
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 type ErrorInfo = { name: string; message: string; stack: string };
@@ -27,6 +28,8 @@ type RequestContext = {
   id: string;
   startedAt: number; // real performance.now() when the shim saw the request
   console: ConsoleLine[];
+  consoleBytes: number; // text kept so far, against CONSOLE_CAP
+  consoleDropped: number; // lines printed after the cap, counted only
   error: ErrorInfo | null;
   determinism: Entry[];
   replay: Map<string, Json[]> | null; // per kind, values still to be fed back
@@ -89,7 +92,12 @@ async function readControl(conn: Deno.TcpConn): Promise<void> {
     while ((newline = buffered.indexOf("\n")) >= 0) {
       const line = buffered.slice(0, newline);
       buffered = buffered.slice(newline + 1);
-      if (line.trim()) onControlMessage(JSON.parse(line));
+      if (!line.trim()) continue;
+      try {
+        onControlMessage(JSON.parse(line));
+      } catch {
+        // a line the shim does not understand is ignored, never fatal to the app
+      }
     }
   }
   // The runtime is gone (stopped, or killed without a chance to stop us): a worker without its
@@ -129,6 +137,8 @@ function begin(id: string): RequestContext {
     id,
     startedAt: realPerformanceNow(),
     console: [],
+    consoleBytes: 0,
+    consoleDropped: 0,
     error: null,
     determinism: [],
     replay,
@@ -142,6 +152,14 @@ function finish(ctx: RequestContext, crashed = false): void {
   if (ctx.finished) return;
   ctx.finished = true;
   if (current === ctx) current = null;
+  if (ctx.consoleDropped > 0) {
+    ctx.console.push({
+      seq: ctx.console.length,
+      offset: (realPerformanceNow() - ctx.startedAt) / 1000,
+      level: "warn",
+      text: `[flux: ${ctx.consoleDropped} more console lines were printed but not recorded]`,
+    });
+  }
   const unused: Record<string, number> = {};
   for (const [kind, values] of ctx.replay ?? []) if (values.length) unused[kind] = values.length;
   send({
@@ -232,12 +250,17 @@ if (controlPort > 0) {
       if (ctx !== null) {
         const formatted = withoutShimFrames(formatArgs(args));
         const text = method === "trace" ? "Trace: " + formatted : formatted;
-        ctx.console.push({
-          seq: ctx.console.length,
-          offset: (realPerformanceNow() - ctx.startedAt) / 1000,
-          level,
-          text,
-        });
+        if (ctx.consoleBytes < CONSOLE_CAP) {
+          ctx.consoleBytes += text.length;
+          ctx.console.push({
+            seq: ctx.console.length,
+            offset: (realPerformanceNow() - ctx.startedAt) / 1000,
+            level,
+            text: text.length > CONSOLE_CAP ? text.slice(0, CONSOLE_CAP) + " […]" : text,
+          });
+        } else {
+          ctx.consoleDropped += 1;
+        }
         if (level === "error" && ctx.error === null) ctx.error = errorFromConsole(args);
       }
       return original.apply(console, args);

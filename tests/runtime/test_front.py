@@ -188,3 +188,20 @@ async def test_app_sees_the_client_address_not_the_fronts(style: str, tmp_path: 
             answer = await reader.read()
             writer.close()
             assert answer.partition(b"\r\n\r\n")[2] == f"{host}:{port}".encode()
+
+
+async def test_console_output_is_recorded_up_to_a_cap(tmp_path: Path) -> None:
+    app = tmp_path / "chatty.ts"
+    app.write_text("Deno.serve(() => {\n"
+                   "  for (let i = 0; i < 3000; i++) console.log(`${i} ` + 'x'.repeat(1000));\n"
+                   "  return new Response('ok');\n"
+                   "});\n")
+    async with serving(app, workers=1) as served:
+        result = await served.pool.execute("GET", "/")
+    lines = result.execution.console
+    assert result.body == b"ok"
+    assert 1000 < len(lines) < 1100  # about 1 MiB of text
+    assert lines[0].text.startswith("0 x")
+    dropped = 3000 - (len(lines) - 1)
+    assert (lines[-1].level, lines[-1].text) == (
+        "warn", f"[flux: {dropped} more console lines were printed but not recorded]")
