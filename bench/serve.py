@@ -1,0 +1,289 @@
+"""wrk against an app that does one Postgres query and one Redis GET per request: bare
+`deno run` vs `flux serve` (record mode, embedded record server), measured in one run.
+
+    .venv/bin/python bench/serve.py [--duration 5] [--connections 32] [--workers 1,2,4]
+                                    [--default-workers 2]
+
+`flux serve` runs as users run it: the `flux` command in its own process. Prints two tables:
+throughput at --connections (per worker count, with the ratio to bare), and the latency one
+request at a time (wrk -c1), where the difference to bare is what Flux adds to each request.
+Needs `wrk` (apt-get install wrk), PostgreSQL and redis-server binaries (throwaway servers are
+started here). Speed is measured here only, never in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flux_runtime.deno import deno_binary
+from flux_server.client import FluxClient
+from tests.services import PgCluster, RedisServer, free_port, wait_for_port
+
+APP = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "apps" / "bench_pg_redis.ts"
+FLUX = Path(sys.executable).parent / "flux"
+DENO_DIR = os.environ.get("FLUX_TEST_DENO_DIR", str(Path.home() / ".cache" / "flux" / "deno"))
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+@dataclass
+class Figures:
+    label: str
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: str
+    requests: int = 0
+    flux_cpu_us: float = float("nan")  # the flux process's CPU per request
+    app_cpu_us: float = float("nan")  # the Deno processes' CPU per request
+
+
+def milliseconds(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    return float(match.group(1)) * UNITS[match.group(2)] if match else float("nan")
+
+
+async def wrk(label: str, url: str, duration: int, connections: int) -> Figures:
+    threads = min(2, connections)
+    process = await asyncio.create_subprocess_exec(
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out = (await process.communicate())[0].decode()
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    errors = re.search(r"(Non-2xx or 3xx responses: \d+|Socket errors: .*)", out)
+    total = re.search(r"(\d+) requests in", out)
+    return Figures(label, float(rps.group(1)) if rps else 0.0,
+                   milliseconds(p50.group(1)) if p50 else float("nan"),
+                   milliseconds(p99.group(1)) if p99 else float("nan"),
+                   errors.group(1) if errors else "", int(total.group(1)) if total else 0)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far (all its threads)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
+
+
+async def measured(label: str, url: str, duration: int, connections: int, pid: int,
+                   flux: bool) -> Figures:
+    """wrk, with the CPU the server side spent per request (contention-proof, unlike req/s)."""
+    def sample() -> tuple[float, float]:
+        app = sum(cpu_seconds(child) for child in descendants(pid))
+        own = cpu_seconds(pid)
+        return (own, app) if flux else (0.0, own + app)
+
+    own_before, app_before = sample()
+    figures = await wrk(label, url, duration, connections)
+    own_after, app_after = sample()
+    done = max(figures.requests, 1)
+    if flux:
+        figures.flux_cpu_us = (own_after - own_before) / done * 1e6
+    figures.app_cpu_us = (app_after - app_before) / done * 1e6
+    return figures
+
+
+def app_env(database_url: str, redis_url: str, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not v.startswith(("postgres://", "postgresql://", "redis://", "rediss://"))
+           and k not in ("FLUX_SERVER", "FLUX_TOKEN", "FLUX_DATABASE_URL")}
+    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, DENO_DIR=DENO_DIR,
+               DENO_NO_UPDATE_CHECK="1", FLUX_HOME=str(home))
+    return env
+
+
+@asynccontextmanager
+async def record_server(env: dict[str, str]) -> AsyncIterator[str | None]:
+    """A separate `flux server` process (SQLite under FLUX_HOME); yields its address."""
+    address = f"127.0.0.1:{free_port()}"
+    process = await asyncio.create_subprocess_exec(
+        str(FLUX), "server", "--listen", address, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    assert process.stderr is not None
+    try:
+        line = (await process.stderr.readline()).decode()
+        if not line.startswith("flux-server: listening"):
+            raise RuntimeError(f"flux server did not start: {line!r}")
+        yield address
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await process.communicate()
+
+
+@asynccontextmanager
+async def no_server() -> AsyncIterator[str | None]:
+    yield None
+
+
+@asynccontextmanager
+async def bare(env: dict[str, str]) -> AsyncIterator[tuple[str, int]]:
+    """The app under plain `deno run`; yields its URL and pid."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        deno_binary(), "run", "-A", str(APP), env={**env, "PORT": str(port)},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await asyncio.to_thread(wait_for_port, port, 60.0)
+        yield f"http://127.0.0.1:{port}/", process.pid
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+@asynccontextmanager
+async def flux_serve(env: dict[str, str], workers: int, sample: float = 1.0,
+                     server: str | None = None) -> AsyncIterator[tuple[str, str, int]]:
+    """`flux serve APP --workers N` as its own process; yields its URL, server address, pid.
+
+    Without `server` nothing answers at the address it is given, so it embeds its own.
+    """
+    port, server = free_port(), server or f"127.0.0.1:{free_port()}"
+    process = await asyncio.create_subprocess_exec(
+        str(FLUX), "serve", str(APP), "--port", str(port), "--workers", str(workers),
+        "--server", server, "--sample", str(sample), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    stdout = process.stdout
+    assert stdout is not None
+    serving = asyncio.get_running_loop().create_future()
+
+    async def read_output() -> None:
+        """Until the serving line, then on and on: a full pipe would stall the workers."""
+        async for raw in stdout:
+            if raw.startswith(b"flux: serving") and not serving.done():
+                serving.set_result(None)
+        if not serving.done():
+            serving.set_exception(RuntimeError("flux serve exited before serving"))
+
+    reader = asyncio.create_task(read_output())
+    try:
+        await asyncio.wait_for(serving, 120)
+        yield f"http://127.0.0.1:{port}/", server, process.pid
+    finally:
+        process.send_signal(signal.SIGINT)
+        await process.wait()
+        await reader
+
+
+async def recorded_io(server: str) -> int:
+    """Exchanges in the latest stored execution: proof that recording was on (expect 2)."""
+    async with FluxClient(server) as client:
+        for _ in range(100):
+            page = await client.list(limit=1)
+            if page.executions:
+                return len((await client.get(page.executions[0].id)).exchanges)
+            await asyncio.sleep(0.1)
+    return 0
+
+
+async def bare_run(env: dict[str, str], args: argparse.Namespace, label: str,
+                   alone: bool) -> tuple[Figures, Figures | None]:
+    async with bare(env) as (url, pid):
+        await wrk("warm-up", url, 1, args.connections)
+        loaded = await measured(label, url, args.duration, args.connections, pid, flux=False)
+        single = await measured(label, url, args.duration, 1, pid, flux=False) if alone else None
+    return loaded, single
+
+
+async def flux_run(env: dict[str, str], args: argparse.Namespace, workers: int,
+                   server: str | None, label: str, io: dict[str, int],
+                   connections: int | None = None) -> Figures:
+    async with flux_serve(env, workers, args.sample, server) as (url, address, pid):
+        await wrk("warm-up", url, 1, args.connections)
+        figures = await measured(label, url, args.duration, connections or args.connections,
+                                 pid, flux=True)
+        if args.sample > 0:
+            io[label] = await recorded_io(address)
+    return figures
+
+
+async def main(args: argparse.Namespace) -> None:
+    counts = [int(n) for n in args.workers.split(",")]
+    pg = PgCluster(tls=False).start()
+    redis = RedisServer().start()
+    io: dict[str, int] = {}
+    alone_flux: Figures | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="flux-bench-") as home:
+            env = app_env(pg.url(), redis.url(), Path(home))
+            base, alone_bare = await bare_run(env, args, "bare deno run", alone=True)
+            rows = [base]
+            separate = record_server(env) if args.separate_server else no_server()
+            async with separate as given:
+                for workers in counts:
+                    label = f"flux serve, {workers} worker(s)"
+                    rows.append(await flux_run(env, args, workers, given, label, io))
+                    if workers == args.default_workers:
+                        alone_flux = await flux_run(env, args, workers, given, label, {}, 1)
+            # Bare again: on a shared machine the load can change between the first and last run.
+            again, _ = await bare_run(env, args, "bare deno run (again)", alone=False)
+            rows.append(again)
+    finally:
+        pg.stop()
+        redis.stop()
+
+    reference = (base.requests_per_second + again.requests_per_second) / 2
+    where = "a separate flux server process" if args.separate_server else "its embedded server"
+    print(f"app: {APP.name} (1 pg query + 1 Redis GET per request); flux serve in record "
+          f"mode, --sample {args.sample:g}, shipping to {where}; cores: {os.cpu_count()}; "
+          f"load average at the end: {os.getloadavg()[0]:.1f}")
+    print(f"\nthroughput: wrk -c{args.connections} -d{args.duration}s; ratio to the mean of "
+          "the two bare runs; CPU per request of the flux process and of the Deno process(es)")
+    print(f"{'':28} {'req/s':>7} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'flux us':>8} "
+          f"{'deno us':>8} {'io':>3}  errors")
+    for row in rows:
+        ratio = row.requests_per_second / max(reference, 1e-9)
+        flux_cpu = "-" if row.flux_cpu_us != row.flux_cpu_us else f"{row.flux_cpu_us:.0f}"
+        print(f"{row.label:28} {row.requests_per_second:7.0f} {ratio:6.2f} {row.p50_ms:8.2f} "
+              f"{row.p99_ms:8.2f} {flux_cpu:>8} {row.app_cpu_us:8.0f} "
+              f"{io.get(row.label, '-')!s:>3}  {row.errors}")
+    if alone_flux is not None and alone_bare is not None:
+        print(f"\nlatency one request at a time: wrk -c1 -d{args.duration}s")
+        print(f"{'':28} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'flux us':>8} "
+              f"{'deno us':>8}")
+        for row in (alone_bare, alone_flux):
+            flux_cpu = "-" if row.flux_cpu_us != row.flux_cpu_us else f"{row.flux_cpu_us:.0f}"
+            print(f"{row.label:28} {row.requests_per_second:7.0f} {row.p50_ms:8.2f} "
+                  f"{row.p99_ms:8.2f} {flux_cpu:>8} {row.app_cpu_us:8.0f}  {row.errors}")
+        print(f"{'added by flux':28} {'':7} {alone_flux.p50_ms - alone_bare.p50_ms:8.2f} "
+              f"{alone_flux.p99_ms - alone_bare.p99_ms:8.2f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--sample", type=float, default=1.0,
+                        help="flux serve --sample (0 isolates the cost of shipping records)")
+    parser.add_argument("--separate-server", action="store_true",
+                        help="ship to a `flux server` process instead of the embedded one")
+    parser.add_argument("--default-workers", type=int, default=2,
+                        help="the worker count whose one-at-a-time latency is measured")
+    asyncio.run(main(parser.parse_args()))
