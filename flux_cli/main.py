@@ -16,6 +16,7 @@ COMMANDS = {
     "trace": "flux_cli.views:trace_command",
     "why": "flux_cli.views:why_command",
     "replay": "flux_cli.replay:replay_command",
+    "resume": "flux_cli.resume:resume_command",
 }
 
 

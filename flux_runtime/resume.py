@@ -1,0 +1,125 @@
+"""`flux resume`: re-run a failed request for real, without repeating what already took effect.
+
+Like replay, but the proxies answer only the durable prefix from the recording and go live
+after it, with the real URLs (and credentials) read from the current environment under the
+variable names the record kept. The worker's start-up IO runs live, as any restart would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from flux_proxy.model import Exchange, ExchangeSink, Lifetime, Source
+from flux_proxy.replay import ReplayBook
+from flux_proxy.resume import durable_prefix
+from flux_proxy.urls import proxy_url, redact, upstream_kind
+from flux_runtime.pool import PoolHooks, WorkerPool
+from flux_runtime.replay import (
+    HOP_HEADERS,
+    Recording,
+    ReplayError,
+    ReplayProxy,
+    build_report,
+    resolve_app,
+)
+from flux_runtime.report import IoEntry, ReplayReport
+from flux_runtime.worker import WorkerSlotSettings
+from flux_server.records import Mode
+
+
+def make_resume_proxy(upstream: str, book: ReplayBook, real_url: str,
+                      sink: ExchangeSink) -> ReplayProxy:
+    if upstream_kind(upstream) == "pg":
+        from flux_proxy.pg.resume import PgResumeProxy
+
+        return PgResumeProxy(book, real_url, sink)
+    from flux_proxy.resp.resume import RedisResumeProxy
+
+    return RedisResumeProxy(book, real_url, sink)
+
+
+def real_upstreams(recording: Recording, env: Mapping[str, str]) -> dict[str, str]:
+    """The real URL of every recorded upstream, from the environment; one line if missing."""
+    out: dict[str, str] = {}
+    for var in recording.execution.upstreams:
+        url = env.get(var)
+        if not url:
+            raise ReplayError(f"{var} is not set: resume needs the real URL of this upstream "
+                              f"(recorded as {recording.execution.upstreams[var]})")
+        if upstream_kind(url) != upstream_kind(recording.execution.upstreams[var]):
+            raise ReplayError(f"{var} is {redact(url)}, not the kind of server the record used")
+        out[var] = url
+    return out
+
+
+def describe_targets(real: Mapping[str, str]) -> list[str]:
+    """What the confirmation names: host and database, never a password."""
+    lines = []
+    for var, url in real.items():
+        parts = urlsplit(url)
+        pg = upstream_kind(url) == "pg"
+        where = f"{parts.hostname}:{parts.port or (5432 if pg else 6379)}"
+        db = parts.path.lstrip("/") or ("(default)" if pg else "0")
+        lines.append(f"{var}: {'Postgres' if pg else 'Redis'} at {where}, database {db}")
+    return lines
+
+
+async def resume(recording: Recording, real: Mapping[str, str],
+                 app: str | None = None) -> ReplayReport:
+    original = recording.execution
+    app_path = resolve_app(original.app_path, app)
+    own = [x for x in original.exchanges if x.request_id in (None, original.id)]
+    prefix = durable_prefix(own)
+    kept = [x for x in own if x.lifetime is not Lifetime.REQUEST]
+    session = [x for x in (recording.boot.exchanges if recording.boot else [])
+               if x.lifetime is Lifetime.SESSION]
+    book = ReplayBook([*prefix, *kept, *session])
+    live: list[Exchange] = []
+    proxies: dict[str, Any] = {}
+    pool: WorkerPool | None = None
+    try:
+        for var, url in original.upstreams.items():
+            proxies[var] = make_resume_proxy(url, book, real[var], live.append)
+            await proxies[var].start()
+        env = {var: proxy_url(original.upstreams[var], "127.0.0.1", p.port)
+               for var, p in proxies.items()}
+
+        def tag(_worker: Any, execution_id: str | None = None, *_: Any) -> None:
+            book.request_id = execution_id
+            for proxy in proxies.values():
+                proxy.set_current_request(execution_id)
+
+        pool = WorkerPool(app_path, workers=1, mode=Mode.RESUME, echo_output=False,
+                          worker_settings=lambda _i: WorkerSlotSettings(env=env),
+                          hooks=PoolHooks(before_dispatch=tag,
+                                          after_completion=lambda w, _e: tag(w, None)))
+        await pool.start()
+        target = original.path + (f"?{original.query}" if original.query else "")
+        headers = [(k, v) for k, v in original.request_headers if k.lower() not in HOP_HEADERS]
+        result = await pool.execute(original.method, target, headers=headers,
+                                    body=original.request_body, execution_id=str(uuid.uuid4()),
+                                    determinism=original.determinism)
+    finally:
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.stop()
+        for proxy in proxies.values():
+            with contextlib.suppress(Exception):
+                await proxy.close()
+    report = build_report(original, result.execution, book, Mode.RESUME)
+    for proxy in proxies.values():
+        report.divergences += getattr(proxy, "divergences", [])
+    for x in live:
+        if x.request_id == result.execution.id:
+            x.source = Source.LIVE
+            report.io.append(IoEntry(x, "live"))
+    report.io.sort(key=lambda entry: entry.exchange.started_at)
+    report.live = [i for i, entry in enumerate(report.io, 1) if entry.source == "live"]
+    report.stopped_at = None  # in resume a miss is not a stop: it went live
+    report.replayed.exchanges = [entry.exchange for entry in report.io]
+    report.replayed.replay_outcome = report.outcome.value
+    return report
