@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 from flux_proxy.model import Exchange
@@ -20,11 +21,16 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def run_standalone(upstream: str, listen: str, record_path: str | None) -> None:
+async def run_standalone(upstream: str, listen: str, record_path: str | None,
+                         on_listening: Callable[[int], None] | None = None) -> None:
     """Run a record proxy forever; with `record_path`, append one exchange per line
-    (`Exchange.to_json(frames=True)`)."""
+    (`Exchange.to_json(frames=True)`). `on_listening(port)` is called once it listens
+    (else one line goes to stderr)."""
     host, port = parse_listen(listen)
-    record: TextIO | None = open(record_path, "a", encoding="utf-8") if record_path else None  # noqa: SIM115
+    # Line-buffered: every exchange is on disk as soon as it is recorded, even if the
+    # process is killed.
+    record: TextIO | None = (open(record_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+                             if record_path else None)
 
     def sink(exchange: Exchange) -> None:
         if record is not None:
@@ -32,13 +38,13 @@ async def run_standalone(upstream: str, listen: str, record_path: str | None) ->
 
     proxy = RedisProxy(upstream, sink, host=host, port=port)
     await proxy.start()
-    print(f"flux: redis proxy on {host}:{proxy.port} -> {proxy.upstream.redacted_url}",
-          file=sys.stderr, flush=True)
+    if on_listening is not None:
+        on_listening(proxy.port)
+    else:
+        print(f"flux: redis proxy on {host}:{proxy.port} -> {proxy.upstream.redacted_url}",
+              file=sys.stderr, flush=True)
     try:
-        while True:
-            await asyncio.sleep(0.5)
-            if record is not None:
-                record.flush()
+        await asyncio.get_running_loop().create_future()  # until cancelled
     finally:
         await proxy.close()
         if record is not None:

@@ -383,16 +383,11 @@ async def test_tls_upstream(redis_tls):
 
 async def test_run_standalone_writes_json_lines(redis_plain, tmp_path):
     path = tmp_path / "record.jsonl"
-    port = free_port()
-    task = asyncio.ensure_future(run_standalone(redis_plain.url(), f"127.0.0.1:{port}",
-                                                str(path)))
+    listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(run_standalone(redis_plain.url(), "127.0.0.1:0", str(path),
+                                                on_listening=listening.set_result))
     try:
-        for _ in range(200):
-            with contextlib.suppress(OSError):
-                r = aioredis.Redis(port=port)
-                await r.ping()
-                break
-            await asyncio.sleep(0.02)
+        r = aioredis.Redis(port=await asyncio.wait_for(listening, 10))
         await r.set("standalone", "1")
         await r.aclose()
     finally:
