@@ -109,6 +109,7 @@ class Worker:
         self._exited = asyncio.Event()
         self._reports: dict[str, asyncio.Future[ShimReport]] = {}
         self._primed: dict[str, asyncio.Future[None]] = {}
+        self._last_download = 0.0  # loop time of Deno's last "Download ..." line
         self._stopping = False
         self._exits: dict[int, ProcessExit] = {}
         self._exit_events: dict[int, asyncio.Event] = {}
@@ -179,7 +180,18 @@ class Worker:
     async def start(self, boot_id: str | None = None) -> None:
         """Start the process and return once the app listens; raise WorkerStartError otherwise.
 
-        `boot_id` names this process's boot record (a fresh one if not given)."""
+        `boot_id` names this process's boot record (a fresh one if not given). The worker's
+        port is picked free just before Deno binds it; if another process took it meanwhile,
+        the start is tried again on another port."""
+        for attempt in range(3):
+            try:
+                await self._start_once(boot_id)
+                return
+            except WorkerStartError as exc:
+                if "AddrInUse" not in str(exc) or attempt == 2:
+                    raise
+
+    async def _start_once(self, boot_id: str | None) -> None:
         app = self.config.app
         if not app.is_file():
             raise WorkerStartError(f"app file not found: {app}")
@@ -219,10 +231,15 @@ class Worker:
         self._tasks.append(asyncio.create_task(self._watch(process, generation,
                                                            self._tasks[:2])))
         waiter = asyncio.ensure_future(self._exited.wait())
+        self._last_download = loop.time()
         try:
-            done, _ = await asyncio.wait({self._listening, waiter},
-                                         timeout=self.config.start_timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            # start_timeout counts from the last package Deno downloaded: a first run that
+            # fetches many npm packages is slow, not stuck
+            while True:
+                done, _ = await asyncio.wait({self._listening, waiter}, timeout=1.0,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if done or loop.time() - self._last_download >= self.config.start_timeout:
+                    break
         finally:
             waiter.cancel()
         if self._listening in done and not self._exited.is_set():
@@ -356,6 +373,8 @@ class Worker:
                 continue
             if keep:
                 self.stderr_tail.append(line)
+                if line.startswith("Download "):
+                    self._last_download = asyncio.get_running_loop().time()
             if self.config.echo_output:
                 echo.write(f"[{self.id}] {line}\n")
                 echo.flush()

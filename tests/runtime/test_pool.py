@@ -227,3 +227,25 @@ async def test_a_cancelled_caller_does_not_free_the_worker_early(tmp_path: Path)
         assert [c.text for c in after.execution.console] == ["begin next", "end next"]
         slow_record = next(e for e in served.executions.values() if e.query == "tag=slow")
         assert [c.text for c in slow_record.console] == ["begin slow", "end slow"]
+
+
+async def test_a_port_taken_before_deno_binds_it_is_retried_elsewhere(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import flux_runtime.worker as worker_module
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        taken_port = taken.getsockname()[1]
+        picks = iter([taken_port])
+        real_free_port = worker_module.free_port
+        monkeypatch.setattr(worker_module, "free_port",
+                            lambda host="127.0.0.1": next(picks, None) or real_free_port(host))
+        pool = WorkerPool(APPS["deno_serve"], workers=1, deno_dir=DENO_DIR)
+        await pool.start()
+        try:
+            worker = pool.workers[0]
+            assert worker.port != taken_port and worker.starts == 2
+            assert (await pool.execute("GET", "/hello")).execution.status == 200
+        finally:
+            await pool.stop()
