@@ -30,7 +30,8 @@ class Cli:
     async def run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """`flux ARGS` in a subprocess; the event loop keeps serving meanwhile."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "flux_cli", *args, env={**self.env, "COLUMNS": "200"},
+            sys.executable, "-m", "flux_cli", *args,
+            env={**self.env, "FLUX_SERVER": self.server, "COLUMNS": "200"},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
         assert proc.returncode is not None

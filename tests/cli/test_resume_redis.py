@@ -1,0 +1,79 @@
+"""flux resume with Redis: an INCR done before the failure is not applied twice (issue 8)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from flux_runtime.serve import Runtime, ServeOptions
+from flux_server.client import FluxClient
+from tests.cli.conftest import Cli, ServerProcess, wait_stored
+from tests.services import RedisServer, free_port
+
+pytestmark = pytest.mark.deno
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "resume"
+
+
+async def record_failure(app: Path, server: ServerProcess, env: dict[str, str],
+                         target: str, home: Path) -> str:
+    saved = dict(os.environ)
+    os.environ.update(env, FLUX_HOME=str(home))
+    runtime = Runtime(ServeOptions(app=str(app), port=free_port(), workers=1,
+                                   server=server.listen, echo_output=False))
+    try:
+        await runtime.start()
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{runtime.front.port}{target}") as response:  # type: ignore[union-attr]
+            assert response.status == 500
+            execution_id = response.headers["x-flux-execution-id"]
+        async with FluxClient(server.listen) as client:
+            await wait_stored(client, execution_id)
+    finally:
+        await runtime.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+    return execution_id
+
+
+async def test_resume_does_not_repeat_a_durable_incr(
+        redis_plain: RedisServer, flux_server_process: ServerProcess,
+        tmp_path: Path) -> None:
+    key = f"visits:{uuid.uuid4().hex[:8]}"
+    env = {"REDIS_URL": redis_plain.url()}
+    original = await record_failure(FIXTURES / "counter.ts", flux_server_process, env,
+                                    f"/count?key={key}", tmp_path)
+    r = aioredis.Redis.from_url(redis_plain.url())
+    assert await r.get(key) == b"1"
+    cli = Cli(flux_server_process.listen, {**os.environ, **env})
+
+    refused = await cli.run("resume", original[:8], "--app", str(FIXTURES / "counter_fixed.ts"))
+    assert refused.returncode == 1
+    assert "--yes" in refused.stderr and "Traceback" not in refused.stderr
+    assert await r.get(key) == b"1"
+
+    missing = Cli(flux_server_process.listen, {k: v for k, v in os.environ.items()
+                                               if k != "REDIS_URL"})
+    nourl = await missing.run("resume", original, "--yes")
+    assert nourl.returncode == 1 and "REDIS_URL is not set" in nourl.stderr
+
+    doc = await cli.json("resume", original[:8], "--app", str(FIXTURES / "counter_fixed.ts"),
+                         "--yes")
+    assert doc["execution_id"] == original
+    assert doc["original"]["status"] == 500
+    assert doc["replay"] == {"status": 200, "body": {"key": key, "visits": 1}}
+    assert await r.get(key) == b"1"  # the recorded INCR was answered, not applied again
+    sources = [(x["request"]["command"], x["source"]) for x in doc["io"]]
+    assert sources == [("INCR", "recorded"), ("GET", "live")]
+    assert doc["live"] == [2]
+    assert doc["outcome"] == "completed"
+
+    resumed = await cli.json("trace", doc["resume_id"])
+    assert resumed["mode"] == "resume" and resumed["parent_id"] == original
+    assert [x["source"] for x in resumed["exchanges"]] == ["recorded", "live"]
+    await r.aclose()
