@@ -159,15 +159,22 @@ async def bare(env: dict[str, str]) -> AsyncIterator[tuple[str, int]]:
 
 @asynccontextmanager
 async def flux_serve(env: dict[str, str], workers: int, sample: float = 1.0,
-                     server: str | None = None) -> AsyncIterator[tuple[str, str, int]]:
+                     server: str | None = None, uvloop: bool = False
+                     ) -> AsyncIterator[tuple[str, str, int]]:
     """`flux serve APP --workers N` as its own process; yields its URL, server address, pid.
 
     Without `server` nothing answers at the address it is given, so it embeds its own.
     """
     port, server = free_port(), server or f"127.0.0.1:{free_port()}"
+    command = [str(FLUX), "serve", str(APP), "--port", str(port), "--workers", str(workers),
+               "--server", server, "--sample", str(sample)]
+    if uvloop:  # the same Runtime, on uvloop instead of the CLI's asyncio loop
+        options = (f"ServeOptions(app={str(APP)!r}, port={port}, workers={workers}, "
+                   f"server={server!r}, sample={sample})")
+        command = [sys.executable, "-c", "import uvloop; from flux_runtime.serve import "
+                   f"ServeOptions, serve_forever; uvloop.run(serve_forever({options}))"]
     process = await asyncio.create_subprocess_exec(
-        str(FLUX), "serve", str(APP), "--port", str(port), "--workers", str(workers),
-        "--server", server, "--sample", str(sample), env=env,
+        *command, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     stdout = process.stdout
     assert stdout is not None
@@ -214,7 +221,8 @@ async def bare_run(env: dict[str, str], args: argparse.Namespace, label: str,
 async def flux_run(env: dict[str, str], args: argparse.Namespace, workers: int,
                    server: str | None, label: str, io: dict[str, int],
                    connections: int | None = None) -> Figures:
-    async with flux_serve(env, workers, args.sample, server) as (url, address, pid):
+    async with flux_serve(env, workers, args.sample, server, args.uvloop) as (url, address,
+                                                                              pid):
         await wrk("warm-up", url, 1, args.connections)
         figures = await measured(label, url, args.duration, connections or args.connections,
                                  pid, flux=True)
@@ -251,7 +259,8 @@ async def main(args: argparse.Namespace) -> None:
     reference = (base.requests_per_second + again.requests_per_second) / 2
     where = "a separate flux server process" if args.separate_server else "its embedded server"
     print(f"app: {APP.name} (1 pg query + 1 Redis GET per request); flux serve in record "
-          f"mode, --sample {args.sample:g}, shipping to {where}; cores: {os.cpu_count()}; "
+          f"mode, --sample {args.sample:g}, shipping to {where}, event loop: "
+          f"{'uvloop' if args.uvloop else 'asyncio'}; cores: {os.cpu_count()}; "
           f"load average at the end: {os.getloadavg()[0]:.1f}")
     print(f"\nthroughput: wrk -c{args.connections} -d{args.duration}s; ratio to the mean of "
           "the two bare runs; CPU per request of the flux process and of the Deno process(es)")
@@ -284,6 +293,8 @@ if __name__ == "__main__":
                         help="flux serve --sample (0 isolates the cost of shipping records)")
     parser.add_argument("--separate-server", action="store_true",
                         help="ship to a `flux server` process instead of the embedded one")
+    parser.add_argument("--uvloop", action="store_true",
+                        help="run the Runtime on uvloop (the `flux` CLI uses asyncio's loop)")
     parser.add_argument("--default-workers", type=int, default=2,
                         help="the worker count whose one-at-a-time latency is measured")
     asyncio.run(main(parser.parse_args()))
