@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,6 +37,9 @@ def make_recording_proxy(upstream: str, sink: ExchangeSink) -> RecordingProxy:
     return RedisProxy(upstream, sink)
 
 
+TAKEN_KEPT = 32  # finished executions per slot that can still receive late exchanges
+
+
 @dataclass
 class SlotRecorder:
     """The proxies of one worker slot, and what they recorded."""
@@ -45,6 +49,12 @@ class SlotRecorder:
     proxies: dict[str, RecordingProxy] = field(default_factory=dict)
     by_request: dict[str, list[Exchange]] = field(default_factory=dict)
     boot: BootRecord | None = None
+    # Exchange lists handed to finished executions, by id: an exchange that completes after
+    # its request did (a query the handler did not await) joins its record if that record has
+    # not been shipped yet, and never piles up in `by_request` for an id nobody takes again.
+    taken: OrderedDict[str, list[Exchange]] = field(default_factory=OrderedDict)
+    current: str | None = None  # the last id the slot was tagged with
+    late_dropped: int = 0  # late exchanges whose execution was too old to take them
 
     async def start(self) -> None:
         for var, url in self.upstreams.items():
@@ -63,10 +73,16 @@ class SlotRecorder:
                 for var, p in self.proxies.items()}
 
     def _collect(self, exchange: Exchange) -> None:
-        if exchange.request_id is not None:
-            self.by_request.setdefault(exchange.request_id, []).append(exchange)
-        elif self.boot is not None:
-            self.boot.exchanges.append(exchange)
+        request_id = exchange.request_id
+        if request_id is None:
+            if self.boot is not None:
+                self.boot.exchanges.append(exchange)
+        elif request_id in self.taken:
+            self.taken[request_id].append(exchange)
+        elif request_id in self.by_request or request_id == self.current:
+            self.by_request.setdefault(request_id, []).append(exchange)
+        else:
+            self.late_dropped += 1
 
     def new_boot(self, boot_id: str, worker_id: str, app_path: str) -> BootRecord:
         self.boot = BootRecord(id=boot_id, worker_id=worker_id, app_path=app_path,
@@ -74,11 +90,17 @@ class SlotRecorder:
         return self.boot
 
     def tag(self, execution_id: str | None) -> None:
+        if execution_id is not None:
+            self.current = execution_id
         for proxy in self.proxies.values():
             proxy.set_current_request(execution_id)
 
     def take(self, execution_id: str) -> list[Exchange]:
-        return self.by_request.pop(execution_id, [])
+        exchanges = self.by_request.pop(execution_id, [])
+        self.taken[execution_id] = exchanges
+        while len(self.taken) > TAKEN_KEPT:
+            self.taken.popitem(last=False)
+        return exchanges
 
 
 def redacted_upstreams(upstreams: dict[str, str]) -> dict[str, str]:

@@ -208,3 +208,19 @@ async def test_worker_crash_mid_request_is_a_502_error_and_the_next_request_is_s
     restarted = await served.boot(after.boot_id)  # the new process migrates again
     assert any("CREATE TABLE IF NOT EXISTS hono_items" in (x.request.get("sql") or "")
                for x in restarted.exchanges)
+
+
+async def test_query_that_outlives_its_request_is_not_given_to_the_next_one(
+        served: ServedApp) -> None:
+    late = await served.request("GET", "/late")
+    assert late.body == b"answered before the query ended"
+    # One pg.Client: this request's query waits behind the sleeping one on the same connection.
+    following = await served.recorded(await served.request("GET", "/simple"))
+    assert [x.request["sql"] for x in following.exchanges] == ["SELECT 1 AS one, 'two' AS two"]
+    slot = served.runtime.slots[0]
+    assert slot.by_request == {}  # nothing left behind for an id nobody will take
+    late_record = await served.recorded(late)
+    assert [x.request["sql"] for x in late_record.exchanges] in (
+        [], ["SELECT pg_sleep(0.3) AS late"])  # joins its record only if not yet shipped
+    assert any(x.request["sql"] == "SELECT pg_sleep(0.3) AS late"
+               for x in slot.taken[late.execution_id])
