@@ -13,7 +13,7 @@ import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from flux_server.records import ConsoleLine, DeterminismEntry, ErrorInfo
 
@@ -57,38 +57,41 @@ class ShimReport:
 
 class ControlServer:
     """One loopback listener per worker slot; only the shim presenting the expected token
-    (a fresh one per process start) is heard, so a dying process cannot speak for its successor."""
+    (a fresh one per process start) is heard, so a dying process cannot speak for its successor.
+
+    A plain asyncio Protocol: a report is handled in the callback that receives it, without
+    waking a reader task, since one arrives for every request."""
 
     def __init__(self, on_message: Callable[[Message], None]) -> None:
         self._on_message = on_message
         self._server: asyncio.Server | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._active: ShimConnection | None = None
         self._token: str | None = None
         self.port = 0
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0, limit=MAX_LINE)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: ShimConnection(self), "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
     def expect(self, token: str) -> None:
         """Accept the next shim that says hello with this token; forget the previous one."""
         self._token = token
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._active is not None:
+            self._active.close()
+            self._active = None
 
     async def send(self, message: Message) -> None:
-        writer = self._writer
-        if writer is None:
+        active = self._active
+        if active is None or active.transport is None or active.transport.is_closing():
             raise ConnectionError("the worker's shim is not connected")
-        writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
-        await writer.drain()
+        active.transport.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._active is not None:
+            self._active.close()
+            self._active = None
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -96,28 +99,55 @@ class ControlServer:
             self._server = None
             self.port = 0
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def line_received(self, connection: ShimConnection, line: bytes) -> None:
         try:
-            hello = json.loads(await reader.readline() or b"null")
-            if not isinstance(hello, dict) or hello.get("type") != "hello" \
-                    or hello.get("token") != self._token:
-                writer.close()
-                return
-            self._writer = writer
-            self._on_message(hello)
-            while line := await reader.readline():
-                if self._writer is not writer:
-                    break
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    continue  # never seen from the shim; not worth losing the worker over
+            message = json.loads(line)
+        except ValueError:
+            message = None  # never seen from the shim; not worth losing the worker over
+        if connection is self._active:
+            if isinstance(message, dict):
                 self._on_message(message)
-        except (ConnectionError, ValueError, asyncio.LimitOverrunError):
-            pass
-        except asyncio.CancelledError:
-            return  # the loop is shutting down; asyncio's stream callback must not see it
-        finally:
-            if self._writer is writer:
-                self._writer = None
-            writer.close()
+            return
+        # the first line of a new connection must be the hello of the expected process
+        if isinstance(message, dict) and message.get("type") == "hello" \
+                and message.get("token") == self._token:
+            self._active = connection
+            self._on_message(message)
+        else:
+            connection.close()
+
+    def connection_closed(self, connection: ShimConnection) -> None:
+        if self._active is connection:
+            self._active = None
+
+
+class ShimConnection(asyncio.Protocol):
+    """Splits the shim's byte stream into lines for its ControlServer."""
+
+    def __init__(self, server: ControlServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) > MAX_LINE:
+            self.close()
+            return
+        start = 0
+        while (end := self._buffer.find(b"\n", start)) >= 0:
+            line = bytes(self._buffer[start:end])
+            start = end + 1
+            if line.strip():
+                self.server.line_received(self, line)
+        del self._buffer[:start]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connection_closed(self)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
