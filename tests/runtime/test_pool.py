@@ -249,3 +249,13 @@ async def test_a_port_taken_before_deno_binds_it_is_retried_elsewhere(
             assert (await pool.execute("GET", "/hello")).execution.status == 200
         finally:
             await pool.stop()
+
+
+async def test_deno_args_reach_deno(tmp_path: Path) -> None:
+    app = tmp_path / "location.ts"
+    app.write_text("Deno.serve(() => new Response(globalThis.location?.href ?? 'none'));\n")
+    async with serving(app, workers=1, deno_args=["--location=https://example.test/base"]) \
+            as served:
+        result = await served.pool.execute("GET", "/")
+        assert result.body == b"https://example.test/base"
+        assert "-A" in served.pool.workers[0].command(1, WorkerSlotSettings())
