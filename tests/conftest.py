@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services import PgCluster, RedisServer
+from tests.services import PgCluster, RedisServer, free_port
+from tests.support import ServerProcess
 
 
 @pytest.fixture(scope="session")
@@ -28,5 +29,13 @@ def redis_plain() -> Iterator[RedisServer]:
 def redis_auth() -> Iterator[RedisServer]:
     """requirepass `secret` for the default user, and ACL user `flux` / `fluxpw`."""
     server = RedisServer(password="secret", acl_users={"flux": "fluxpw"}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def flux_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(f"127.0.0.1:{free_port()}", tmp_path_factory.mktemp("flux-home"))
+    server.start()
     yield server
     server.stop()

@@ -3,12 +3,8 @@ runs it (a subprocess), so every command is tested against real records."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,60 +13,10 @@ import pytest
 
 from flux_runtime.serve import Runtime, ServeOptions
 from flux_server.client import FluxClient
-from tests.services import PgCluster, RedisServer, free_port, wait_for_port
+from tests.services import PgCluster, RedisServer, free_port
+from tests.support import Cli, ServerProcess, wait_stored
 
 APP = Path(__file__).resolve().parent.parent / "fixtures" / "cli" / "app.ts"
-
-
-@dataclass
-class Cli:
-    server: str
-    env: dict[str, str]
-
-    async def run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        """`flux ARGS` in a subprocess; the event loop keeps serving meanwhile."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "flux_cli", *args,
-            env={**self.env, "FLUX_SERVER": self.server, "COLUMNS": "200"},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        assert proc.returncode is not None
-        return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
-
-    async def json(self, *args: str) -> object:
-        result = await self.run(*args, "--json")
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
-
-
-@dataclass
-class ServerProcess:
-    listen: str
-    home: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "FLUX_HOME": str(self.home)}
-        env.pop("DATABASE_URL", None)
-        env.pop("FLUX_DATABASE_URL", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "flux_cli", "server", "--listen",
-                                      self.listen], env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_for_port(int(self.listen.rsplit(":", 1)[1]))
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture(scope="session")
-def flux_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(f"127.0.0.1:{free_port()}", tmp_path_factory.mktemp("flux-home"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @dataclass
@@ -120,15 +66,3 @@ async def recorded(pg: PgCluster, redis_plain: RedisServer,
     env = {**os.environ, "FLUX_SERVER": flux_server_process.listen}
     yield Recorded(Cli(flux_server_process.listen, env), base, **ids)
     await runtime.stop()
-
-
-async def wait_stored(client: FluxClient, execution_id: str, timeout: float = 10.0) -> None:
-    from flux_server.client import NotFound
-
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                await client.get(execution_id)
-                return
-            except NotFound:
-                await asyncio.sleep(0.1)

@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 
 from flux_runtime.serve import Runtime, ServeOptions
 from flux_server.client import FluxClient
-from tests.cli.conftest import Cli, ServerProcess, wait_stored
 from tests.services import RedisServer, free_port
+from tests.support import Cli, ServerProcess, wait_stored
 
 pytestmark = pytest.mark.deno
 

@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 
 from flux_server.client import FluxClient
-from tests.cli.conftest import Recorded, ServerProcess
+from tests.cli.conftest import Recorded
 from tests.services import free_port
+from tests.support import ServerProcess
 
 pytestmark = pytest.mark.deno
 
