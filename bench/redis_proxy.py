@@ -61,7 +61,8 @@ def serve_proxy(upstream: str, port: int, profile: str | None, decode: bool) -> 
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu = usage.ru_utime + usage.ru_stime
     failed = sum(e.failed for e in kept)
-    print(f"{len(kept)} {failed} {cpu * 1e6 / max(1, len(kept)):.1f}", flush=True)
+    print(f"{len(kept)} {failed} {cpu * 1e6 / max(1, len(kept)):.1f} "
+          f"(user {usage.ru_utime * 1e6 / max(1, len(kept)):.1f})", flush=True)
 
 
 def redis_benchmark(port: int, requests: int, pipeline: int) -> dict[str, float]:
@@ -96,7 +97,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--pipelines", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--profile", action="store_true",
-                        help="cProfile the proxy; writes bench/redis_proxy.P{1,16}.prof")
+                        help="cProfile the proxy; writes /tmp/flux_redis_proxy.P{1,16}.prof")
     parser.add_argument("--serve-proxy", nargs=2, metavar=("UPSTREAM", "PORT"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", help=argparse.SUPPRESS)
@@ -121,7 +122,7 @@ def main() -> None:
             for _ in range(opts.repeat):
                 for test, rps in redis_benchmark(server.port, opts.requests, pipeline).items():
                     direct[test] = max(direct.get(test, 0), rps)
-                profile = (str(ROOT / "bench" / f"redis_proxy.P{pipeline}.prof")
+                profile = (f"/tmp/flux_redis_proxy.P{pipeline}.prof"
                            if opts.profile else None)
                 result, recorded = through_proxy(server.url(), opts.requests, pipeline, profile,
                                                  opts.decode)
