@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import sys
+import uuid
 
 from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 
 from flux_runtime.pool import WorkerPool
-from flux_runtime.relay import IncomingRequest
+from flux_runtime.relay import EXECUTION_HEADER, IncomingRequest
 
 READ_CHUNK = 64 * 1024
 
@@ -143,7 +145,16 @@ class Front:
         sink = ClientSink(request)  # type: ignore[arg-type]
         peer = request.transport.get_extra_info("peername") if request.transport else None
         remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else None
-        await self.pool.serve(IncomingRequest(method=request.method, path=path, query=query,
-                                              headers=headers, body=body, remote=remote), sink)
+        execution_id = str(uuid.uuid4())
+        try:
+            await self.pool.serve(IncomingRequest(method=request.method, path=path, query=query,
+                                                  headers=headers, body=body, remote=remote),
+                                  sink, execution_id=execution_id)
+        except Exception as exc:  # a bug in Flux or in a hook: still one clear answer
+            sys.stderr.write(f"flux: internal error serving {request.method} {path} "
+                             f"({execution_id}): {type(exc).__name__}: {exc}\n")
+            if sink.response is None:
+                return web.Response(status=500, text=f"flux: internal error: {exc}\n",
+                                    headers={EXECUTION_HEADER: execution_id})
         assert sink.response is not None
         return sink.response

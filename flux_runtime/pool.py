@@ -305,8 +305,8 @@ class WorkerPool:
         report: ShimReport | None = None
         report_future = worker.report(execution_id)
         generation, boot_id = worker.starts, worker.boot_id  # a crash starts a new boot
-        await call_hook(self.hooks.before_dispatch, worker, execution_id)
         try:
+            await call_hook(self.hooks.before_dispatch, worker, execution_id)
             if determinism is not None:
                 await worker.prime(execution_id, determinism)
             forwarded = [*((name, value) for name, value in end_to_end(request.headers)

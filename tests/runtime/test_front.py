@@ -205,3 +205,20 @@ async def test_console_output_is_recorded_up_to_a_cap(tmp_path: Path) -> None:
     dropped = 3000 - (len(lines) - 1)
     assert (lines[-1].level, lines[-1].text) == (
         "warn", f"[flux: {dropped} more console lines were printed but not recorded]")
+
+
+async def test_a_failing_hook_still_answers_with_an_execution_id(tmp_path: Path) -> None:
+    app = tmp_path / "ok.ts"
+    app.write_text("Deno.serve(() => new Response('ok'));\n")
+    async with serving(app, workers=1) as served:
+        def broken(_worker: object, _execution_id: str) -> None:
+            raise RuntimeError("hook exploded")
+
+        served.pool.hooks.before_dispatch = broken
+        async with served.client.get(served.front.url + "/") as response:
+            assert response.status == 500
+            assert b"hook exploded" in await response.read()
+            assert response.headers["x-flux-execution-id"]
+        served.pool.hooks.before_dispatch = None
+        async with served.client.get(served.front.url + "/") as response:
+            assert response.status == 200  # the worker went back to the pool
