@@ -35,6 +35,7 @@ class ShimReport:
     # per kind: recorded values the request never asked for
     unused: dict[str, int] = field(default_factory=dict)
     crashed: bool = False  # an uncaught error ended the worker while serving this request
+    determinism_dropped: int = 0  # values observed past the shim's cap, not recorded
 
     @classmethod
     def from_message(cls, message: Message) -> ShimReport:
@@ -52,6 +53,7 @@ class ShimReport:
             fallbacks={str(k): int(v) for k, v in (message.get("fallbacks") or {}).items()},
             unused={str(k): int(v) for k, v in (message.get("unused") or {}).items()},
             crashed=bool(message.get("crashed")),
+            determinism_dropped=int(message.get("determinism_dropped") or 0),
         )
 
 

@@ -18,6 +18,9 @@ const HEADER = "x-flux-execution-id";
 const REMOTE_HEADER = "x-flux-remote-addr"; // the client's address, as "host:port"
 const SHIM_URL = import.meta.url;
 const CONSOLE_CAP = 1024 * 1024; // characters of console text recorded per request
+// Values of time and randomness recorded per request: a hot loop of Math.random() must not
+// make a report of hundreds of megabytes. Past it, values are real and only counted.
+const DETERMINISM_CAP = 100_000;
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 type ErrorInfo = { name: string; message: string; stack: string };
@@ -30,6 +33,7 @@ type RequestContext = {
   console: ConsoleLine[];
   consoleBytes: number; // text kept so far, against CONSOLE_CAP
   consoleDropped: number; // lines printed after the cap, counted only
+  determinismDropped: number; // values observed after DETERMINISM_CAP, counted only
   error: ErrorInfo | null;
   determinism: Entry[];
   replay: Map<string, Json[]> | null; // per kind, values still to be fed back
@@ -139,6 +143,7 @@ function begin(id: string): RequestContext {
     console: [],
     consoleBytes: 0,
     consoleDropped: 0,
+    determinismDropped: 0,
     error: null,
     determinism: [],
     replay,
@@ -172,6 +177,7 @@ function finish(ctx: RequestContext, crashed = false): void {
     fallbacks: ctx.fallbacks,
     unused,
     crashed,
+    determinism_dropped: ctx.determinismDropped,
   });
 }
 
@@ -270,6 +276,12 @@ if (controlPort > 0) {
 
 // ---------------------------------------------------------------- time and randomness
 
+/** Keeps a value the request observed, up to DETERMINISM_CAP of them. */
+function record(ctx: RequestContext, kind: string, value: Json): void {
+  if (ctx.determinism.length < DETERMINISM_CAP) ctx.determinism.push({ kind, value });
+  else ctx.determinismDropped += 1;
+}
+
 function observe<T extends Json>(kind: string, real: () => T): T {
   const ctx = current;
   if (ctx === null) return real();
@@ -281,7 +293,7 @@ function observe<T extends Json>(kind: string, real: () => T): T {
     if (ctx.replay !== null) ctx.fallbacks[kind] = (ctx.fallbacks[kind] ?? 0) + 1;
     value = real();
   }
-  ctx.determinism.push({ kind, value });
+  record(ctx, kind, value);
   return value;
 }
 
@@ -347,7 +359,11 @@ function installDeterminism(): void {
         }
         realGetRandomValues(array as never);
       }
-      ctx.determinism.push({ kind: "get_random_values", value: base64Encode(view) });
+      if (ctx.determinism.length < DETERMINISM_CAP) {
+        record(ctx, "get_random_values", base64Encode(view));
+      } else {
+        ctx.determinismDropped += 1;
+      }
       return array;
     },
     writable: true,

@@ -222,3 +222,17 @@ async def test_a_failing_hook_still_answers_with_an_execution_id(tmp_path: Path)
         served.pool.hooks.before_dispatch = None
         async with served.client.get(served.front.url + "/") as response:
             assert response.status == 200  # the worker went back to the pool
+
+
+async def test_values_of_a_hot_random_loop_are_recorded_up_to_a_cap(tmp_path: Path) -> None:
+    app = tmp_path / "hot.ts"
+    app.write_text("Deno.serve(() => {\n"
+                   "  let sum = 0;\n"
+                   "  for (let i = 0; i < 150000; i++) sum += Math.random();\n"
+                   "  return new Response(String(sum > 0));\n"
+                   "});\n")
+    async with serving(app, workers=1) as served:
+        result = await served.pool.execute("GET", "/")
+    assert result.body == b"true"
+    assert len(result.execution.determinism) == 100_000
+    assert result.report is not None and result.report.determinism_dropped == 50_000
