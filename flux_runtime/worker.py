@@ -22,7 +22,7 @@ from flux_runtime.deno import deno_binary, deno_dir, shim_path
 from flux_server.records import DeterminismEntry, Mode
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-PERMISSION_FLAG = re.compile(r"^(-A|-P|--no-prompt|--(allow|deny)-[a-z-]+(=.*)?"
+PERMISSION_FLAG = re.compile(r"^(-A|-P(=.*)?|--no-prompt|--(allow|deny)-[a-z-]+(=.*)?"
                              r"|--permission-set(=.*)?)$")
 STDERR_TAIL_LINES = 200
 SHIM_ENV = ("FLUX_CONTROL_PORT", "FLUX_WORKER_TOKEN", "FLUX_WORKER_PORT", "FLUX_WORKER_HOST",
@@ -56,7 +56,7 @@ class WorkerConfig:
 
 @dataclass(slots=True)
 class WorkerSlotSettings:
-    """What differs per worker slot: the lead's proxies are per worker."""
+    """What differs per worker slot (flux serve runs one set of proxies per worker)."""
 
     env: dict[str, str] = field(default_factory=dict)  # e.g. rewritten upstream URLs
     net_allow: list[str] = field(default_factory=list)  # replay: host:port the app may reach
@@ -149,7 +149,7 @@ class Worker:
         """What the shim needs on top of permissions the user chose: its own loopback ports and
         FLUX_* variables. Deno merges `--allow-x=list` flags, but a list after a bare
         `--allow-x` narrows it, so nothing is added where the user already granted all."""
-        if any(a in ("-A", "--allow-all", "-P") or a.startswith("--permission-set")
+        if any(a in ("-A", "--allow-all") or a.startswith(("-P", "--permission-set"))
                for a in user_args):
             return []
         grants = []
@@ -172,7 +172,6 @@ class Worker:
             "FLUX_WORKER_TOKEN": token,
             "FLUX_WORKER_PORT": str(self.port),
             "FLUX_WORKER_HOST": "127.0.0.1",
-            "FLUX_WORKER_ID": self.id,
             "FLUX_MODE": self.config.mode.value,
         })
         return env

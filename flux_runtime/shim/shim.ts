@@ -58,6 +58,11 @@ const workerToken = env("FLUX_WORKER_TOKEN") ?? "";
 const forcedPort = Number(env("FLUX_WORKER_PORT") ?? "0");
 const forcedHost = env("FLUX_WORKER_HOST") ?? "127.0.0.1";
 const replayMode = env("FLUX_MODE") === "replay";
+// The app's environment is the user's: Flux's own variables leave before the app runs.
+for (const name of ["FLUX_CONTROL_PORT", "FLUX_WORKER_TOKEN", "FLUX_WORKER_PORT",
+                    "FLUX_WORKER_HOST", "FLUX_MODE"]) {
+  if (controlPort > 0) Deno.env.delete(name);
+}
 
 let current: RequestContext | null = null;
 const primed = new Map<string, Entry[]>(); // replay logs received ahead of their request

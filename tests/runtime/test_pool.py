@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -173,6 +174,15 @@ async def test_per_worker_environment_overrides(tmp_path: Path) -> None:
                                        served.pool.execute("GET", "/"))
     assert sorted((r.execution.worker_id, r.body.decode()) for r in results) == [
         ("w0", "postgres://app@127.0.0.1:7000/db"), ("w1", "postgres://app@127.0.0.1:7001/db")]
+
+
+async def test_the_app_does_not_see_fluxs_own_variables(tmp_path: Path) -> None:
+    app = tmp_path / "env_names.ts"
+    app.write_text("Deno.serve(() => Response.json(Object.keys(Deno.env.toObject())"
+                   ".filter((name) => name.startsWith('FLUX_'))));\n")
+    env = {**os.environ, "FLUX_APP_OWN": "kept"}
+    async with serving(app, workers=1, env=env) as served:
+        assert json.loads((await served.pool.execute("GET", "/")).body) == ["FLUX_APP_OWN"]
 
 
 async def test_graceful_shutdown_finishes_in_flight_requests() -> None:
