@@ -1,9 +1,11 @@
 """redis-benchmark direct vs through the Flux Redis proxy (record mode), ratios in one run.
 
 Starts a throwaway redis-server, then for each pipeline depth runs
-`redis-benchmark -t get,set -c 8 -n N [-P 16]` directly and through the proxy. The proxy runs
-in its own process on uvloop, in record mode, with a sink that keeps every exchange (semantic
-decode included). Runs alternate direct/proxy and the best of `--repeat` is kept.
+`redis-benchmark -t get,set -c 8 -n N [-P 16]` directly, through a plain byte relay (the floor
+for any Python proxy: uvloop, Protocol API, no framing) and through the Flux proxy. The proxy
+runs in its own process on uvloop, in record mode, with a sink that keeps every exchange
+(`--decode`: the sink also reads each exchange's semantic request/response). Runs alternate
+and the best of `--repeat` is kept.
 
 Usage: .venv/bin/python bench/redis_proxy.py [--requests 100000] [--repeat 3] [--profile]
 """
@@ -65,6 +67,54 @@ def serve_proxy(upstream: str, port: int, profile: str | None, decode: bool) -> 
           f"(user {usage.ru_utime * 1e6 / max(1, len(kept)):.1f})", flush=True)
 
 
+def serve_relay(upstream_port: int, port: int) -> None:
+    """The baseline: a plain byte relay (uvloop, Protocol API), no framing, no recording."""
+    import uvloop
+
+    class Upstream(asyncio.Protocol):
+        def __init__(self, client: asyncio.Transport) -> None:
+            self.client = client
+
+        def data_received(self, data: bytes) -> None:
+            self.client.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.client.close()
+
+    class Client(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.upstream: asyncio.Transport | None = None
+            self.early: list[bytes] = []
+            asyncio.ensure_future(self.connect())
+
+        async def connect(self) -> None:
+            loop = asyncio.get_running_loop()
+            self.upstream, _ = await loop.create_connection(
+                lambda: Upstream(self.transport), "127.0.0.1", upstream_port)
+            self.upstream.write(b"".join(self.early))
+
+        def data_received(self, data: bytes) -> None:
+            if self.upstream is None:
+                self.early.append(data)
+            else:
+                self.upstream.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.upstream is not None:
+                self.upstream.close()
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Client, "127.0.0.1", port)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        server.close()
+
+    uvloop.run(main())
+    print("relay", flush=True)
+
+
 def redis_benchmark(port: int, requests: int, pipeline: int) -> dict[str, float]:
     out = subprocess.run(
         ["redis-benchmark", "-p", str(port), "-t", "get,set", "-c", "8", "-n", str(requests),
@@ -74,9 +124,12 @@ def redis_benchmark(port: int, requests: int, pipeline: int) -> dict[str, float]
 
 
 def through_proxy(upstream: str, requests: int, pipeline: int, profile: str | None,
-                  decode: bool) -> tuple[dict[str, float], str]:
+                  decode: bool, relay: bool = False) -> tuple[dict[str, float], str]:
     port = free_port()
     args = [sys.executable, __file__, "--serve-proxy", upstream, str(port)]
+    if relay:
+        args = [sys.executable, __file__, "--serve-relay", upstream.rsplit(":", 1)[1].split("/")[0],
+                str(port)]
     if decode:
         args.append("--decode")
     if profile:
@@ -101,9 +154,14 @@ def main() -> None:
     parser.add_argument("--serve-proxy", nargs=2, metavar=("UPSTREAM", "PORT"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-relay", nargs=2, metavar=("UPSTREAM_PORT", "PORT"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--decode", action="store_true",
                         help="the sink also decodes every exchange's semantic request/response")
     opts = parser.parse_args()
+    if opts.serve_relay:
+        serve_relay(int(opts.serve_relay[0]), int(opts.serve_relay[1]))
+        return
     if opts.serve_proxy:
         serve_proxy(opts.serve_proxy[0], int(opts.serve_proxy[1]), opts.profile_out, opts.decode)
         return
@@ -112,16 +170,21 @@ def main() -> None:
     print(f"redis-benchmark -t get,set -c 8 -n {opts.requests}, best of {opts.repeat}; "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}; semantic decode "
           f"{'in the sink' if opts.decode else 'deferred (sink keeps raw-frame exchanges)'}")
-    print(f"{'test':<8}{'pipeline':>9}{'direct rps':>13}{'flux rps':>13}{'ratio':>8}"
-          f"{'target':>8}  recorded, failed, proxy CPU µs per exchange (last run)")
+    print(f"{'test':<6}{'-P':>4}{'direct rps':>12}{'relay rps':>11}{'flux rps':>11}"
+          f"{'relay':>7}{'flux':>7}{'target':>8}  recorded, failed, proxy CPU µs/exchange")
     try:
         for pipeline in opts.pipelines:
             direct: dict[str, float] = {}
+            relayed: dict[str, float] = {}
             proxied: dict[str, float] = {}
             recorded = ""
             for _ in range(opts.repeat):
                 for test, rps in redis_benchmark(server.port, opts.requests, pipeline).items():
                     direct[test] = max(direct.get(test, 0), rps)
+                result, _ = through_proxy(server.url(), opts.requests, pipeline, None, False,
+                                          relay=True)
+                for test, rps in result.items():
+                    relayed[test] = max(relayed.get(test, 0), rps)
                 profile = (f"/tmp/flux_redis_proxy.P{pipeline}.prof"
                            if opts.profile else None)
                 result, recorded = through_proxy(server.url(), opts.requests, pipeline, profile,
@@ -131,9 +194,11 @@ def main() -> None:
                 time.sleep(0.2)
             for test in direct:
                 ratio = proxied[test] / direct[test]
-                mark = "ok" if ratio >= TARGETS.get(pipeline, 0.3) else "LOW"
-                print(f"{test:<8}{pipeline:>9}{direct[test]:>13,.0f}{proxied[test]:>13,.0f}"
-                      f"{ratio:>7.2f}x{TARGETS.get(pipeline, 0.3):>7.1f}x {mark}  {recorded}")
+                target = TARGETS.get(pipeline, 0.3)
+                mark = "ok" if ratio >= target else "LOW"
+                print(f"{test:<6}{pipeline:>4}{direct[test]:>12,.0f}{relayed[test]:>11,.0f}"
+                      f"{proxied[test]:>11,.0f}{relayed[test] / direct[test]:>6.2f}x"
+                      f"{ratio:>6.2f}x{target:>7.1f}x {mark:<4} {recorded}")
     finally:
         server.stop()
 

@@ -156,6 +156,20 @@ class ReplyScanner(_Scanner):
 
     __slots__ = ()
 
+    def feed(self, data: bytes) -> list[bytes]:
+        # Unpipelined traffic: `data` is often exactly one line or one bulk string reply.
+        if not self._chunks and data.endswith(CRLF):
+            kind = data[0]
+            nl = data.find(CRLF)
+            if nl == len(data) - 2 and (kind == 0x2B or kind == 0x2D or kind == 0x3A):
+                return [data]
+            if kind == 0x24:
+                digits = data[1:nl]
+                if digits.isdigit() and nl + 4 + int(digits) == len(data) \
+                        and len(data) <= self.limits.max_bulk:
+                    return [data]
+        return super().feed(data)
+
     def _scan(self, buf: bytes, frames: list[bytes]) -> list[bytes]:
         kinds = _KIND_TABLE
         limits = self.limits
@@ -226,16 +240,18 @@ class ReplyScanner(_Scanner):
 _FAST_SCAN_MAX = 256 * 1024
 
 
-def _fast_scan(buf: bytes, frames: list[bytes], names: list[bytes | None]) -> int:
+def _fast_scan(buf: bytes, offset: int, frames: list[bytes],
+               names: list[bytes | None]) -> int:
     """Cut the leading run of ordinary commands out of `buf` in one C-level split.
 
     When no argument contains CRLF, a command is the tokens `*N`, then `$len` and data per
     argument. Each header is checked by rebuilding it from the data's real length, so any
     irregularity (CRLF inside data, a non-canonical header, an inline command, a partial
     command) just ends the run; the exact scanner takes over from the returned offset."""
-    tokens = buf.split(b"\r\n")
+    tokens = (buf[offset:] if offset else buf).split(b"\r\n")
     last = len(tokens) - 1  # the final token is not followed by CRLF
-    i = pos = 0
+    i = 0
+    pos = offset
     while i < last:
         count_line = tokens[i]
         count = count_line[1:]
@@ -284,8 +300,7 @@ class CommandScanner(_Scanner):
         start = 0
         pos = self._pos
         need = self._need
-        if not need and not pos and 0 < end_of_buf <= _FAST_SCAN_MAX and buf[0] == _STAR:
-            start = pos = _fast_scan(buf, frames, names)
+        fast = end_of_buf <= _FAST_SCAN_MAX  # one split-based run per feed, at a boundary
         self._pos = self._need = self._want = 0
         while True:
             if need == 0:
@@ -293,6 +308,10 @@ class CommandScanner(_Scanner):
                     frames.append(buf[start:pos])
                     names.append(None)
                     start = pos
+                if fast and pos < end_of_buf and buf[pos] == _STAR:
+                    fast = False
+                    start = pos = _fast_scan(buf, pos, frames, names)
+                    continue
                 if pos >= end_of_buf:
                     return frames
                 if buf[pos] != _STAR:
