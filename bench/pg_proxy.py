@@ -17,6 +17,7 @@ import pwd
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,49 @@ def tps(output: str) -> float:
     if match is None:
         raise RuntimeError(f"no tps in pgbench output:\n{output}")
     return float(match.group(1))
+
+
+def transactions(output: str) -> int:
+    match = re.search(r"number of transactions actually processed: (\d+)", output)
+    if match is None:
+        raise RuntimeError(f"no transaction count in pgbench output:\n{output}")
+    return int(match.group(1))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def report(args: argparse.Namespace, names: list[str],
+           results: dict[tuple[str, str], list[float]],
+           cpu: dict[tuple[str, str], list[float]]) -> None:
+    """tps (median and best of the rounds), proxy CPU per transaction, and ratios: each is
+    the median of the per-round ratios, since runs of one round saw the same machine load."""
+    print(f"pgbench -S -c {args.clients} -T {args.seconds}, {args.rounds} interleaved rounds, "
+          f"record mode ({'eager' if args.eager else 'lazy'} semantics, sink keeps "
+          f"{args.keep or 'all'} exchanges)")
+    print(f"{'protocol':<9} {'target':<10} {'tps median':>10} {'tps best':>9} "
+          f"{'proxy CPU/tx':>13}")
+    for mode in ("simple", "extended"):
+        for name in names:
+            runs = results[(mode, name)]
+            cpu_text = (f"{statistics.median(cpu[(mode, name)]):>10.1f} us"
+                        if (mode, name) in cpu else f"{'-':>13}")
+            print(f"{mode:<9} {name:<10} {statistics.median(runs):>10.0f} {max(runs):>9.0f} "
+                  f"{cpu_text}")
+    pairs = [(a, b) for a, b in [("flux", "pgbouncer"), ("flux", "direct"),
+                                 ("pgbouncer", "direct"), ("relay", "pgbouncer")]
+             if a in names and b in names]
+    print("ratios (median of per-round ratios):")
+    for mode in ("simple", "extended"):
+        parts = []
+        for a, b in pairs:
+            per_round = [x / y for x, y in zip(results[(mode, a)], results[(mode, b)],
+                                               strict=True)]
+            parts.append(f"{a}/{b} {statistics.median(per_round):.2f}")
+        print(f"  {mode:<9} " + "   ".join(parts))
 
 
 def start_pgbouncer(cluster: PgCluster, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -130,21 +174,26 @@ def serve_plain_relay(upstream_port: int) -> None:
     uvloop.run(main())
 
 
-def serve_flux(upstream: str, eager: bool) -> None:
-    """Child process: the record proxy on uvloop, keeping every exchange in memory."""
+def serve_flux(upstream: str, eager: bool, keep: int) -> None:
+    """Child process: the record proxy on uvloop; the sink keeps exchanges in memory (all of
+    them, or the last `keep`, as a shipper that drains its queue would)."""
     import asyncio
+    import collections
 
     import uvloop
 
     from flux_proxy.model import Exchange
     from flux_proxy.pg.proxy import PgRecordProxy
 
-    kept: list[Exchange] = []
+    kept: collections.deque[Exchange] = collections.deque(maxlen=keep or None)
+    total = 0
 
     def sink(exchange: Exchange) -> None:
+        nonlocal total
         if eager:
             _ = exchange.request, exchange.response
         kept.append(exchange)
+        total += 1
 
     async def main() -> None:
         proxy = await PgRecordProxy(upstream, sink).start()
@@ -152,7 +201,7 @@ def serve_flux(upstream: str, eager: bool) -> None:
         stop = asyncio.get_running_loop().create_future()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set_result, None)
         await stop
-        print(f"flux kept {len(kept)} exchanges", file=sys.stderr)
+        print(f"flux recorded {total} exchanges, kept {len(kept)}", file=sys.stderr)
         await proxy.close()
 
     uvloop.run(main())
@@ -164,6 +213,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--eager", action="store_true")
+    parser.add_argument("--keep", type=int, default=0,
+                        help="the sink keeps only the last N exchanges (default: all)")
     parser.add_argument("--relay", action="store_true",
                         help="also measure a plain byte relay (no framing, no recording)")
     parser.add_argument("--serve-flux")
@@ -172,7 +223,7 @@ def main() -> None:
                         action="append")
     args = parser.parse_args()
     if args.serve_flux:
-        serve_flux(args.serve_flux, args.eager)
+        serve_flux(args.serve_flux, args.eager, args.keep)
         return
     if args.serve_relay:
         serve_plain_relay(args.serve_relay)
@@ -186,6 +237,7 @@ def main() -> None:
         bouncer, bouncer_port = start_pgbouncer(cluster, workdir)
         procs.append(bouncer)
         flux, flux_port = start_child("--serve-flux", cluster.url(sslmode="disable"),
+                                      "--keep", str(args.keep),
                                       *(["--eager"] if args.eager else []))
         procs.append(flux)
         targets = {"direct": cluster.port, "pgbouncer": bouncer_port, "flux": flux_port}
@@ -194,26 +246,23 @@ def main() -> None:
             procs.append(relay)
         if args.only:
             targets = {k: v for k, v in targets.items() if k in args.only}
+        pids = {"pgbouncer": int((workdir / "pgbouncer.pid").read_text()), "flux": flux.pid}
+        if args.relay:
+            pids["relay"] = relay.pid
         results: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.rounds):
             for mode in ("simple", "extended"):
                 for name, port in targets.items():
+                    before = cpu_seconds(pids[name]) if name in pids else 0.0
                     out = pgbench(port, cluster.database, "-S", "-c", str(args.clients),
                                   "-T", str(args.seconds), "-M", mode)
                     results.setdefault((mode, name), []).append(tps(out))
+                    if name in pids:
+                        used = cpu_seconds(pids[name]) - before
+                        cpu.setdefault((mode, name), []).append(used / transactions(out) * 1e6)
                     time.sleep(0.5)
-        print(f"pgbench -S -c {args.clients} -T {args.seconds} x{args.rounds} "
-              f"(record mode, {'eager' if args.eager else 'lazy'} semantics), tps:")
-        print(f"{'protocol':<10} " + " ".join(f"{n:>10}" for n in targets)
-              + "  flux/pgbouncer  flux/direct  pgbouncer/direct")
-        for mode in ("simple", "extended"):
-            best = {n: max(results[(mode, n)]) for n in targets}
-            line = f"{mode:<10} " + " ".join(f"{best[n]:>10.0f}" for n in targets)
-            if {"flux", "pgbouncer", "direct"} <= set(best):
-                line += (f"  {best['flux'] / best['pgbouncer']:>14.2f}"
-                         f"  {best['flux'] / best['direct']:>11.2f}"
-                         f"  {best['pgbouncer'] / best['direct']:>16.2f}")
-            print(line)
+        report(args, list(targets), results, cpu)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)

@@ -20,6 +20,7 @@ resolved when an exchange completes, and nothing is decoded until someone reads 
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
 from flux_proxy.model import ExchangeSink, Lifetime, RequestTag
@@ -44,7 +45,9 @@ _ASYNC = frozenset(b"NAS")  # NoticeResponse, NotificationResponse, ParameterSta
 _COMPLETES: dict[int, bytes] = {
     _P: b"1", _B: b"2", _C: b"3", _D: b"Tn", _E: b"CIs", _S: b"Z", _Q: b"Z", _F: b"Z"}
 _EXTENDED_COMPLETES = {t: _COMPLETES[t] for t in _EXTENDED}
-_ERROR_ENDS_REPLY = frozenset(_EXTENDED)  # an error answers it, then the server skips to Sync
+_ERROR_ENDS_REPLY = frozenset(_EXTENDED)
+_WHOLE = -1  # queue kind of a fast-path batch: one exchange answered up to its ReadyForQuery
+_WHOLE_BATCH = re.compile(rb"[PBDC]*ES")  # an error answers it, then the server skips to Sync
 
 
 _DONE = StatementInfo(b"", b"")  # sentinel: every Describe has its reply
@@ -77,6 +80,18 @@ class PgSession:
 
     def client_frames(self, frames: list[bytes], now: float) -> None:
         queue = self._queue
+        if (frames[-1][0] == _S and self._batch is None and self._tail is None
+                and not self._server_skipping and len(frames) > 1
+                and _WHOLE_BATCH.fullmatch(bytes([f[0] for f in frames]))):
+            # Fast path: one complete Parse/Bind/Describe/Execute/Sync batch, the usual shape.
+            # It is one exchange, and everything up to its ReadyForQuery answers it.
+            ex = self._open(KIND_EXTENDED, now)
+            ex.client_frames = frames.copy()
+            ex.has_execute = True
+            ex.pending = 1
+            ex.sealed = True
+            queue.append((_WHOLE, b"Z", ex))
+            return
         for frame in frames:
             t = frame[0]
             completes = _EXTENDED_COMPLETES.get(t)
@@ -166,12 +181,19 @@ class PgSession:
 
     def server_frames(self, frames: list[bytes], now: float) -> None:
         queue = self._queue
-        for frame in frames:
+        i, n = 0, len(frames)
+        while i < n:
             if not queue:
-                self._unsolicited(frame, now)
+                self._unsolicited(frames[i], now)
+                i += 1
                 continue
-            t = frame[0]
             kind, completes, ex = queue[0]
+            if kind == _WHOLE:
+                i = self._whole_reply(ex, frames, i, n, now)
+                continue
+            frame = frames[i]
+            i += 1
+            t = frame[0]
             ex.server_frames.append(frame)
             if t in completes:
                 queue.popleft()
@@ -193,6 +215,26 @@ class PgSession:
         if queue:
             queue[0][2].last_at = now
 
+    def _whole_reply(self, ex: PgExchange, frames: list[bytes], i: int, n: int,
+                     now: float) -> int:
+        """Frames up to the ReadyForQuery of a fast-path batch; returns the next index."""
+        start = i
+        while i < n:
+            t = frames[i][0]
+            i += 1
+            if t == _Z:
+                ex.server_frames += frames[start:i]
+                self._queue.popleft()
+                self.tx_status = chr(frames[i - 1][5])
+                ex.pending = 0
+                ex.last_at = now
+                self._complete(ex)
+                return i
+            if t == _ERR:
+                ex.failed = True
+        ex.server_frames += frames[start:i]
+        return i
+
     def _skip_to_sync(self, now: float) -> None:
         """After an error the server ignores everything up to the next Sync.
 
@@ -201,6 +243,9 @@ class PgSession:
         """
         queue = self._queue
         while queue and queue[0][0] != _S:
+            if queue[0][0] == _WHOLE:  # its own Sync ends the skipping; only that is answered
+                queue[0][2].failed = True
+                break
             _, _, skipped = queue.popleft()
             skipped.pending -= 1
             skipped.failed = True

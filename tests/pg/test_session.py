@@ -102,6 +102,27 @@ def test_extended_batch_with_sync_is_one_exchange_with_binary_params() -> None:
                                       {"name": "b", "type_oid": TEXT, "format": 1}]
 
 
+def test_one_write_batch_takes_the_fast_path_and_records_the_same() -> None:
+    h = Harness()
+    batch = (m.Parse("", "SELECT $1::text"), m.Bind("", "", (), (b"a",), ()),
+             m.Describe("P", ""), m.Execute(), m.Sync())
+    h.client(*batch)
+    assert h.session._queue[0][0] == -1  # one queue entry for the whole batch
+    h.server(m.ParseComplete(), m.BindComplete(), rows_of(("text", TEXT)))
+    h.server(m.DataRow((b"a",)), m.CommandComplete("SELECT 1"), m.ReadyForQuery("T"))
+    slow = Harness()
+    for msg in batch:
+        slow.client(msg)
+    assert len(slow.session._queue) == 5
+    slow.server(m.ParseComplete(), m.BindComplete(), rows_of(("text", TEXT)),
+                m.DataRow((b"a",)), m.CommandComplete("SELECT 1"), m.ReadyForQuery("T"))
+    [fast_ex], [slow_ex] = h.exchanges, slow.exchanges
+    assert fast_ex.client_frames == slow_ex.client_frames
+    assert fast_ex.server_frames == slow_ex.server_frames
+    assert (fast_ex.request, fast_ex.response) == (slow_ex.request, slow_ex.response)
+    assert h.session.tx_status == "T" and h.session.statements[b""].sql == "SELECT $1::text"
+
+
 def test_pipeline_is_one_exchange_per_execute_and_error_skips_to_sync() -> None:
     h = Harness()
     h.client(m.Parse("", "SELECT 1"), m.Bind(), m.Execute(),

@@ -43,12 +43,23 @@ def simulated_replies(kinds: list[str], errors: list[bool]) -> list[list[m.Messa
     return out
 
 
+BATCH = ["P", "B", "DP", "E", "S"]  # the common shape, which takes the session's fast path
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(sorted(CLIENT_MESSAGES)), st.booleans(),
-                          st.booleans()), max_size=25))
-def test_every_frame_lands_in_exactly_one_exchange(steps: list[tuple[str, bool, bool]]) -> None:
-    kinds = [k for k, _, _ in steps]
-    errors = [e and k != "S" for k, e, _ in steps]
+@given(st.lists(st.one_of(
+    st.tuples(st.sampled_from(sorted(CLIENT_MESSAGES)), st.booleans(), st.booleans(),
+              st.booleans()),
+    st.lists(st.booleans(), min_size=5, max_size=5).map(
+        lambda errs: [(k, e, False, k != "S") for k, e in zip(BATCH, errs, strict=True)])),
+    max_size=20).map(lambda items: [x for item in items
+                                    for x in (item if isinstance(item, list) else [item])]))
+def test_every_frame_lands_in_exactly_one_exchange(
+        steps: list[tuple[str, bool, bool, bool]]) -> None:
+    """Each step: message kind, whether the server errors on it, whether the server's replies
+    so far go out now, whether the client's frame waits to go out with the next one."""
+    kinds = [k for k, _, _, _ in steps]
+    errors = [e and k != "S" for k, e, _, _ in steps]
     replies = simulated_replies(kinds, errors)
     exchanges: list[Exchange] = []
     session = PgSession(1, exchanges.append, RequestTag())
@@ -56,16 +67,27 @@ def test_every_frame_lands_in_exactly_one_exchange(steps: list[tuple[str, bool, 
     sent: list[bytes] = []
     answered: list[bytes] = []
     pending: list[bytes] = []
-    for (kind, _, reply_now), reply in zip(steps, replies, strict=True):
+    unsent: list[bytes] = []
+    unanswered: list[bytes] = []
+    for (kind, _, reply_now, hold), reply in zip(steps, replies, strict=True):
         frame = CLIENT_MESSAGES[kind].encode()
         sent.append(frame)
+        unsent.append(frame)
+        unanswered += [x.encode() for x in reply]
         now += 1
-        session.client_frames([frame], now)
-        pending += [x.encode() for x in reply]
+        if hold:  # the client writes several messages at once
+            continue
+        session.client_frames(unsent, now)
+        unsent = []
+        pending += unanswered
+        unanswered = []
         if reply_now:  # sometimes the server answers late, in one burst
             answered += pending
             session.server_frames(pending, now)
             pending = []
+    if unsent:
+        session.client_frames(unsent, now)
+    pending += unanswered
     answered += pending
     session.server_frames(pending, now + 1)
     session.connection_lost("end of test", now + 2)
