@@ -34,7 +34,7 @@ from flux_runtime.relay import (
     ResponseSink,
     end_to_end,
 )
-from flux_runtime.upstream import WorkerConnection
+from flux_runtime.upstream import UpstreamError, WorkerConnection
 from flux_runtime.worker import (
     Worker,
     WorkerConfig,
@@ -321,7 +321,18 @@ class WorkerPool:
             elif request.body is not None:
                 body = request_capture.tee(request.body)
             connection = await self._connection(worker)
-            response = await connection.send(request.method, request.target, forwarded, body)
+            try:
+                response = await connection.send(request.method, request.target, forwarded,
+                                                 body)
+            except UpstreamError:
+                # A kept-alive connection the worker closed while idle: the request never
+                # reached the app, so it goes again on a new connection (if it can be resent).
+                if not connection.was_reused or connection.answered \
+                        or not isinstance(body, bytes | None) or worker.exited:
+                    raise
+                connection = await self._connection(worker)
+                response = await connection.send(request.method, request.target, forwarded,
+                                                 body)
             status = response.status
             response_headers = [*end_to_end(response.headers), (EXECUTION_HEADER, execution_id)]
             await sink.start(status, response.reason, response_headers)

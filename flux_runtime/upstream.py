@@ -59,6 +59,7 @@ class WorkerConnection(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self._body_writer: asyncio.Task[None] | None = None
+        self.requests = 0  # sent on this connection so far
         self.closed = False
         self.host = ""
         self.port = 0
@@ -80,6 +81,16 @@ class WorkerConnection(asyncio.Protocol):
         return not self.closed and idle and body_sent and self._error is None
 
     @property
+    def was_reused(self) -> bool:
+        """The current request is not the first on this connection."""
+        return self.requests > 1
+
+    @property
+    def answered(self) -> bool:
+        """Bytes of a response to the current request have arrived."""
+        return bool(self._response.status or self._response.headers or self._response.reason)
+
+    @property
     def drained(self) -> bool:
         return self._complete and not self._body
 
@@ -99,11 +110,12 @@ class WorkerConnection(asyncio.Protocol):
         A streamed body of unknown length goes chunked; `headers` must not carry hop-by-hop
         fields. Call `chunks()` on the result to read the body.
         """
+        self.requests += 1
+        self._response = UpstreamResponse(connection=self)
         if self.closed or self._transport is None:
             raise UpstreamError("the connection to the worker is closed")
         loop = asyncio.get_running_loop()
         self._parser = httptools.HttpResponseParser(self)
-        self._response = UpstreamResponse(connection=self)
         self._headers_done = loop.create_future()
         self._body.clear()
         self._complete = False

@@ -236,3 +236,26 @@ async def test_values_of_a_hot_random_loop_are_recorded_up_to_a_cap(tmp_path: Pa
     assert result.body == b"true"
     assert len(result.execution.determinism) == 100_000
     assert result.report is not None and result.report.determinism_dropped == 50_000
+
+
+async def test_a_keep_alive_connection_the_worker_dropped_is_replaced(mirror: Served) -> None:
+    await mirror.pool.execute("GET", "/first")
+    worker = mirror.pool.workers[0]
+    connection = mirror.pool._connections[worker.id]
+    real = connection._transport
+    assert real is not None
+
+    class ClosedUnderneath:
+        """The worker's FIN crosses our request: the bytes are lost, the connection ends."""
+
+        def write(self, _data: bytes) -> None:
+            real.close()
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+    connection._transport = ClosedUnderneath()  # type: ignore[assignment]
+    result = await mirror.pool.execute("POST", "/again", body=b"once")
+    assert result.execution.status == 200 and result.execution.error is None
+    assert json.loads(result.body)["body"] == "once"
+    assert mirror.pool._connections[worker.id] is not connection
