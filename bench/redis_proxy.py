@@ -86,7 +86,7 @@ def serve_relay(upstream_port: int, port: int) -> None:
             self.transport = transport
             self.upstream: asyncio.Transport | None = None
             self.early: list[bytes] = []
-            asyncio.ensure_future(self.connect())
+            self.connecting = asyncio.ensure_future(self.connect())
 
         async def connect(self) -> None:
             loop = asyncio.get_running_loop()
