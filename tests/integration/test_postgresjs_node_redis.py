@@ -165,7 +165,7 @@ async def test_attribution_under_load(served: ServedApp, redis_plain: RedisServe
     assert [r.json() for r in replies] == [{"n": n, "value": f"value-{n}"}
                                            for n in range(count)]
     executions = await asyncio.gather(*(served.recorded(r) for r in replies))
-    assert len({e.worker_id for e in executions}) == WORKERS  # the load really was spread
+    assert len({e.worker_id for e in executions}) > 1  # the load really was spread
 
     for n, (reply, execution) in enumerate(zip(replies, executions, strict=True)):
         assert execution.id == reply.execution_id
