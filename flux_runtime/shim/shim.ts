@@ -197,8 +197,9 @@ function errorInfo(value: unknown): ErrorInfo {
   return { name: "Error", message: String(value), stack: "" };
 }
 
-// A stack trace logged as text, as express's final handler does: "Name: message\n    at ...".
-const LOGGED_STACK = /^([A-Za-z_$][\w$]*): ([^\n]*)\n\s+at /;
+// A stack trace logged as text, as express's final handler ("TypeError: x\n    at ...") and
+// koa's default error handler (the same, indented) print it.
+const LOGGED_STACK = /^\s*([A-Za-z_$][\w$]*(?:Error|Exception)): ([^\n]*)\n\s+at /;
 
 function errorFromConsole(args: unknown[]): ErrorInfo | null {
   for (const arg of args) {
@@ -207,7 +208,7 @@ function errorFromConsole(args: unknown[]): ErrorInfo | null {
   for (const arg of args) {
     if (typeof arg !== "string") continue;
     const match = LOGGED_STACK.exec(arg);
-    if (match) return { name: match[1], message: match[2], stack: withoutShimFrames(arg) };
+    if (match) return { name: match[1], message: match[2], stack: withoutShimFrames(arg.trim()) };
   }
   return null;
 }

@@ -259,3 +259,32 @@ async def test_a_keep_alive_connection_the_worker_dropped_is_replaced(mirror: Se
     assert result.execution.status == 200 and result.execution.error is None
     assert json.loads(result.body)["body"] == "once"
     assert mirror.pool._connections[worker.id] is not connection
+
+
+LOGGING_APP = """
+Deno.serve((request: Request) => {
+  const path = new URL(request.url).pathname;
+  const indented = (text: string) => "\\n  " + text.replace(/\\n/g, "\\n  ");
+  if (path === "/koa") console.error(indented(new SyntaxError("bad json").stack!));
+  if (path === "/note") console.error("Note: disk almost full\\n    at the usual place");
+  if (path === "/value") console.error("failed with", { code: 7 });
+  return new Response("logged");
+});
+"""
+
+
+@pytest.mark.parametrize(("path", "error"), [
+    ("/koa", ("SyntaxError", "bad json")),  # a stack printed as indented text
+    ("/note", None),  # looks like a stack, but names no error
+    ("/value", None),  # console.error without an Error is just output
+])
+async def test_which_console_error_output_is_the_requests_error(
+        path: str, error: tuple[str, str] | None, tmp_path: Path) -> None:
+    app = tmp_path / "logging.ts"
+    app.write_text(LOGGING_APP)
+    async with serving(app, workers=1) as served:
+        result = await served.pool.execute("GET", path)
+    found = result.execution.error
+    assert (None if found is None else (found.name, found.message)) == error
+    if found is not None:
+        assert found.stack.startswith("SyntaxError: bad json\n")
