@@ -112,7 +112,8 @@ def serve_relay(upstream_port: int, port: int) -> None:
         server.close()
 
     uvloop.run(main())
-    print("relay", flush=True)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"{usage.ru_utime + usage.ru_stime} {usage.ru_utime}", flush=True)
 
 
 def redis_benchmark(port: int, requests: int, pipeline: int) -> dict[str, float]:
@@ -181,8 +182,8 @@ def main() -> None:
             for _ in range(opts.repeat):
                 for test, rps in redis_benchmark(server.port, opts.requests, pipeline).items():
                     direct[test] = max(direct.get(test, 0), rps)
-                result, _ = through_proxy(server.url(), opts.requests, pipeline, None, False,
-                                          relay=True)
+                result, relay_cpu = through_proxy(server.url(), opts.requests, pipeline, None,
+                                                  False, relay=True)
                 for test, rps in result.items():
                     relayed[test] = max(relayed.get(test, 0), rps)
                 profile = (f"/tmp/flux_redis_proxy.P{pipeline}.prof"
@@ -192,13 +193,15 @@ def main() -> None:
                 for test, rps in result.items():
                     proxied[test] = max(proxied.get(test, 0), rps)
                 time.sleep(0.2)
+            cpu, user = (float(x) * 1e6 / (2 * opts.requests) for x in relay_cpu.split())
+            relay_note = f"relay CPU {cpu:.1f} µs/request (user {user:.1f})"
             for test in direct:
                 ratio = proxied[test] / direct[test]
                 target = TARGETS.get(pipeline, 0.3)
                 mark = "ok" if ratio >= target else "LOW"
                 print(f"{test:<6}{pipeline:>4}{direct[test]:>12,.0f}{relayed[test]:>11,.0f}"
                       f"{proxied[test]:>11,.0f}{relayed[test] / direct[test]:>6.2f}x"
-                      f"{ratio:>6.2f}x{target:>7.1f}x {mark:<4} {recorded}")
+                      f"{ratio:>6.2f}x{target:>7.1f}x {mark:<4} {recorded}; {relay_note}")
     finally:
         server.stop()
 
