@@ -49,6 +49,7 @@ class SlotRecorder:
     proxies: dict[str, RecordingProxy] = field(default_factory=dict)
     by_request: dict[str, list[Exchange]] = field(default_factory=dict)
     boot: BootRecord | None = None
+    boot_shipped: bool = False
     # Exchange lists handed to finished executions, by id: an exchange that completes after
     # its request did (a query the handler did not await) joins its record if that record has
     # not been shipped yet, and never piles up in `by_request` for an id nobody takes again.
@@ -87,6 +88,7 @@ class SlotRecorder:
     def new_boot(self, boot_id: str, worker_id: str, app_path: str) -> BootRecord:
         self.boot = BootRecord(id=boot_id, worker_id=worker_id, app_path=app_path,
                                started_at=time.time())
+        self.boot_shipped = False
         return self.boot
 
     def tag(self, execution_id: str | None) -> None:

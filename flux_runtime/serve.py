@@ -113,10 +113,18 @@ class Runtime:
 
         def ready(worker: Any) -> None:
             boot = self.slots[worker.index].boot
-            if boot is not None and self.shipper is not None:
+            if boot is not None:
                 # `worker_starting` runs before Worker.start() draws this process's boot id,
                 # so the record is named here, under the id every execution will reference.
                 boot.id = worker.boot_id
+
+        def ship_boot(slot: SlotRecorder) -> None:
+            """The boot record goes with the worker's first execution, not at readiness: a
+            driver that connects in the background (ioredis's INFO ready check) is often
+            still talking when the app starts listening, and that IO belongs to start-up."""
+            boot = slot.boot
+            if boot is not None and not slot.boot_shipped and self.shipper is not None:
+                slot.boot_shipped = True
                 self.shipper.submit_boot(boot)
 
         def before(worker: Any, execution_id: str) -> None:
@@ -126,6 +134,8 @@ class Runtime:
             slot = self.slots[worker.index]
             slot.tag(None)
             execution.exchanges = slot.take(execution.id)
+            if execution.boot_id == (slot.boot.id if slot.boot else None):
+                ship_boot(slot)
             # execution.boot_id is the pool's: the process that took the request. Reading
             # worker.boot_id here would name its successor when the worker crashed mid-request.
             execution.upstreams = {var: redact(url) for var, url in self.upstreams.items()}
