@@ -70,7 +70,7 @@ def run_with_client(server: str | None, work: Callable[[FluxClient], Awaitable[T
     except ServerUnavailable as exc:
         raise FluxError(str(exc)) from None
     except AmbiguousId as exc:
-        raise FluxError(f"{exc}\n" + "\n".join(f"  {c}" for c in exc.candidates)) from None
+        raise FluxError(str(exc)) from None  # its message lists the candidates
     except (NotFound, AuthenticationFailed, FluxClientError) as exc:
         raise FluxError(str(exc)) from None
 
