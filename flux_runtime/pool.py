@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import os
 import sys
 import time
 import uuid
@@ -49,9 +48,12 @@ Hook = Callable[..., Awaitable[None] | None]
 RESTART_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
+DEFAULT_WORKERS = 2  # docs/runtime.md and docs/integration.md give the figures behind it
+
+
 def default_worker_count() -> int:
-    """Twice the cores, 2 to 16: see docs/runtime.md for the figures behind it."""
-    return min(16, max(2, 2 * (os.cpu_count() or 1)))
+    """The pool size when none is given: the same default as `flux serve`."""
+    return DEFAULT_WORKERS
 
 
 @dataclass(slots=True)
