@@ -124,3 +124,21 @@ async def test_trace_stays_readable_with_200_exchanges(recorded: Recorded) -> No
     assert len(short.stdout.splitlines()) < 40
     full = await recorded.cli.run("trace", recorded.many, "--verbose")
     assert full.stdout.count("SELECT $1::int AS n") == 200
+
+
+async def test_ambiguous_prefix_lists_the_candidates(recorded: Recorded) -> None:
+    import dataclasses
+
+    from flux_server.client import FluxClient
+
+    async with FluxClient(recorded.cli.server) as client:
+        real = await client.get(recorded.ok)
+        twins = [dataclasses.replace(real, id=f"abcdef12-0000-4000-8000-00000000000{n}",
+                                     exchanges=[]) for n in (1, 2)]
+        await client.record_batch(twins)
+    result = await recorded.cli.run("trace", "abcdef12")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    for twin in twins:
+        assert twin.id in result.stderr
+    unique = await recorded.cli.run("trace", "abcdef12-0000-4000-8000-000000000001", "--json")
+    assert unique.returncode == 0
