@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import errno
 import sys
 import uuid
@@ -125,14 +123,10 @@ class Front:
                 self.port = sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish (up to shutdown_timeout)."""
+        """Stop accepting, close idle keep-alive connections (busy ones after their response),
+        and let in-flight requests finish, for up to shutdown_timeout."""
         if self._runner is None:
             return
-        if self._site is not None:
-            with contextlib.suppress(Exception):
-                await self._site.stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.pool.drain(), self.shutdown_timeout)
         await self._runner.cleanup()
         self._runner = None
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
 import socket
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from flux_runtime.pool import WorkerPool
@@ -269,3 +271,24 @@ async def test_deno_args_reach_deno(tmp_path: Path) -> None:
         result = await served.pool.execute("GET", "/")
         assert result.body == b"https://example.test/base"
         assert "-A" in served.pool.workers[0].command(1, WorkerSlotSettings())
+
+
+async def test_shutdown_ends_keep_alive_clients_instead_of_waiting_on_them() -> None:
+    async with serving(APPS["deno_serve"], workers=1) as served:
+        answered = 0
+
+        async def busy_client() -> None:
+            nonlocal answered
+            with contextlib.suppress(aiohttp.ClientError):
+                while True:  # one keep-alive connection, one request after another
+                    async with served.client.get(served.front.url + "/work?tag=k") as response:
+                        assert await response.read() == b"done k"
+                        answered += 1
+
+        client = asyncio.create_task(busy_client())
+        while answered < 3:
+            await asyncio.sleep(0.01)
+        async with asyncio.timeout(20):  # not a speed check: without the fix it never returns
+            await served.front.stop()
+            await client
+        assert answered >= 3
