@@ -108,6 +108,8 @@ class Runtime:
               f"({self.embedded.store.description})", file=sys.stderr, flush=True)
 
     def _hooks(self) -> PoolHooks:
+        redacted = {var: redact(url) for var, url in self.upstreams.items()}  # once per serve
+
         def starting(worker: Any) -> None:
             self.slots[worker.index].new_boot(worker.boot_id, worker.id, str(self.app))
 
@@ -138,7 +140,7 @@ class Runtime:
                 ship_boot(slot)
             # execution.boot_id is the pool's: the process that took the request. Reading
             # worker.boot_id here would name its successor when the worker crashed mid-request.
-            execution.upstreams = {var: redact(url) for var, url in self.upstreams.items()}
+            execution.upstreams = dict(redacted)
 
         def finished(execution: Execution) -> None:
             if self.shipper is None:
