@@ -1,4 +1,4 @@
-"""`--sample 0`: successful requests are not recorded; errors and 5xx always are."""
+"""`--sample 0`: successful requests are not recorded; errors and every 5xx always are."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ async def test_sample_zero_keeps_only_errors(pg: PgCluster) -> None:
     async with serving("default_export_pg.ts", {"DATABASE_URL": pg.url()}, sample=0.0) as served:
         ok = await served.request("GET", "/sum?a=1&b=2")
         missing = await served.request("GET", "/nowhere")
+        unavailable = await served.request("GET", "/unavailable")
         failed = await served.request("GET", "/divide")
-        assert (ok.status, missing.status, failed.status) == (200, 404, 500)
+        assert (ok.status, missing.status, unavailable.status, failed.status) == (
+            200, 404, 503, 500)
         # Unrecorded requests still carry an id: the front assigns it before the outcome.
         assert ok.execution_id and missing.execution_id
 
@@ -26,5 +28,9 @@ async def test_sample_zero_keeps_only_errors(pg: PgCluster) -> None:
         for dropped in (ok, missing):
             with pytest.raises(NotFound):
                 await served.records.get(dropped.execution_id)
+        unavailable_record = await served.recorded(unavailable)
+        assert unavailable_record.error is None  # kept for its status alone
+        assert unavailable_record.outcome.value == "error"
         page = await served.records.list(limit=10)
-        assert [summary.id for summary in page.executions] == [failed.execution_id]
+        assert sorted(summary.id for summary in page.executions) == sorted(
+            [unavailable.execution_id, failed.execution_id])
