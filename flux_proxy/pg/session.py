@@ -20,7 +20,6 @@ resolved when an exchange completes, and nothing is decoded until someone reads 
 
 from __future__ import annotations
 
-import re
 from collections import deque
 
 from flux_proxy.model import ExchangeSink, Lifetime, RequestTag
@@ -45,9 +44,15 @@ _ASYNC = frozenset(b"NAS")  # NoticeResponse, NotificationResponse, ParameterSta
 _COMPLETES: dict[int, bytes] = {
     _P: b"1", _B: b"2", _C: b"3", _D: b"Tn", _E: b"CIs", _S: b"Z", _Q: b"Z", _F: b"Z"}
 _EXTENDED_COMPLETES = {t: _COMPLETES[t] for t in _EXTENDED}
-_ERROR_ENDS_REPLY = frozenset(_EXTENDED)
+_ERROR_ENDS_REPLY = frozenset(_EXTENDED)  # an error answers it, then the server skips to Sync
 _WHOLE = -1  # queue kind of a fast-path batch: one exchange answered up to its ReadyForQuery
-_WHOLE_BATCH = re.compile(rb"[PBDC]*ES")  # an error answers it, then the server skips to Sync
+_BATCH_HEAD = frozenset(b"PBDC")
+
+
+def _one_batch(frames: list[bytes]) -> bool:
+    """[Parse|Bind|Describe|Close]* Execute Sync: one Execute, so one exchange."""
+    head = _BATCH_HEAD
+    return all(frames[i][0] in head for i in range(len(frames) - 2))
 
 
 _DONE = StatementInfo(b"", b"")  # sentinel: every Describe has its reply
@@ -79,14 +84,15 @@ class PgSession:
     # ---------------------------------------------------------------- client -> server
 
     def client_frames(self, frames: list[bytes], now: float) -> None:
+        """Frames the client sent (the session may keep the list: pass a fresh one)."""
         queue = self._queue
-        if (frames[-1][0] == _S and self._batch is None and self._tail is None
-                and not self._server_skipping and len(frames) > 1
-                and _WHOLE_BATCH.fullmatch(bytes([f[0] for f in frames]))):
+        if (len(frames) > 1 and frames[-1][0] == _S and frames[-2][0] == _E
+                and self._batch is None and self._tail is None and not self._server_skipping
+                and _one_batch(frames)):
             # Fast path: one complete Parse/Bind/Describe/Execute/Sync batch, the usual shape.
             # It is one exchange, and everything up to its ReadyForQuery answers it.
             ex = self._open(KIND_EXTENDED, now)
-            ex.client_frames = frames.copy()
+            ex.client_frames = frames  # the caller hands the list over
             ex.has_execute = True
             ex.pending = 1
             ex.sealed = True
