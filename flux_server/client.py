@@ -25,10 +25,12 @@ from flux_server.filters import ExecutionFilter
 from flux_server.gen import flux_pb2 as pb
 from flux_server.gen import flux_pb2_grpc as pb_grpc
 from flux_server.records import BootRecord, Execution, ExecutionSummary
-from flux_server.server import DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES
-from flux_server.service import (
+from flux_server.store.base import Page, StoredCounts
+from flux_server.wire import (
     AUTHENTICATION_FAILED,
     CANDIDATES_METADATA_KEY,
+    DEFAULT_LISTEN,
+    DEFAULT_MAX_MESSAGE_BYTES,
     SERVER_STOPPING,
     STORE_UNAVAILABLE_PREFIX,
     TAIL_FELL_BEHIND,
@@ -36,7 +38,6 @@ from flux_server.service import (
     TOKEN_METADATA_KEY,
     bearer,
 )
-from flux_server.store.base import Page, StoredCounts
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 BATCH_BYTES = 8 * 1024 * 1024  # one RecordBatch call carries at most this much

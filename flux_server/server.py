@@ -19,11 +19,10 @@ import grpc
 from flux_server.gen import flux_pb2_grpc as pb_grpc
 from flux_server.service import FluxService
 from flux_server.store import Store, StoreUnavailable, create_store, resolve_database_url
+from flux_server.wire import DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES
 
 log = logging.getLogger("flux.server")
 
-DEFAULT_LISTEN = "127.0.0.1:50051"
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAINTENANCE_INTERVAL_SECONDS = 3600.0
 SHUTDOWN_GRACE_SECONDS = 10.0
 

@@ -36,22 +36,21 @@ from flux_server.store import (
     Store,
     StoreUnavailable,
 )
+from flux_server.wire import (
+    AUTHENTICATION_FAILED,
+    CANDIDATES_METADATA_KEY,
+    SERVER_STOPPING,
+    STORE_UNAVAILABLE_PREFIX,
+    TAIL_FELL_BEHIND,
+    TAIL_SUBSCRIBED,
+    TOKEN_METADATA_KEY,
+    bearer,
+)
 
 log = logging.getLogger("flux.server")
 
 T = TypeVar("T")
 
-TOKEN_METADATA_KEY = "authorization"
-CANDIDATES_METADATA_KEY = "flux-candidates"
-AUTHENTICATION_FAILED = "authentication failed"
-STORE_UNAVAILABLE_PREFIX = "record store unavailable"
-TAIL_SUBSCRIBED = (("flux-tail", "subscribed"),)
-TAIL_FELL_BEHIND = "tail fell too far behind the executions being recorded; reconnect"
-SERVER_STOPPING = "flux server is stopping"
-
-
-def bearer(token: str) -> str:
-    return f"Bearer {token}"
 
 
 class FluxService(pb_grpc.FluxServicer):
