@@ -72,6 +72,13 @@ async def test_asyncpg_named_statements_transactions_and_copy(recorder: Recorder
             await conn.execute("INSERT INTO proxied VALUES (1, 'one')")
             await conn.copy_records_to_table("proxied", records=[(2, "two"), (3, "three")])
         assert await conn.fetchval("SELECT count(*) FROM proxied") == 3
+        chunks: list[bytes] = []
+
+        async def collect(chunk: bytes) -> None:
+            chunks.append(chunk)
+
+        await conn.copy_from_query("SELECT id, v FROM proxied ORDER BY id", output=collect)
+        assert b"".join(chunks) == b"1\tone\n2\ttwo\n3\tthree\n"
         recorder.proxy.set_current_request(None)
     finally:
         await conn.close()
@@ -92,6 +99,11 @@ async def test_asyncpg_named_statements_transactions_and_copy(recorder: Recorder
     assert copy.response["command_tag"] == "COPY 2" and copy.response["row_count"] == 2
     assert sum(1 for f in copy.client_frames if f[0:1] == b"d") >= 1
     assert copy.client_frames[-1][0:1] in (b"c", b"S")
+    copy_out = next(e for e in reqs if e.request["sql"].startswith("COPY (SELECT id, v"))
+    assert copy_out.response["command_tag"] == "COPY 3"
+    assert copy_out.response["copy"] == {"direction": "out", "format": 0,
+                                         "column_formats": [0, 0]}
+    assert copy_out.response["rows"] == ["1\tone\n", "2\ttwo\n", "3\tthree\n"]
     commit = next(e for e in reqs if e.request["sql"] == "COMMIT;")
     assert commit.response["tx_status"] == "I" and commit.response["command_tag"] == "COMMIT"
     seqs = [e.seq for e in recorder.exchanges if e.connection == mine[0].connection]

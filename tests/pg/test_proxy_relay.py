@@ -94,3 +94,16 @@ async def test_under_uvloop_with_tls_upstream(
         await asyncio.sleep(0.05)
     requests = [e for e in exchanges if e.request_id == "uv" and e.lifetime is Lifetime.REQUEST]
     assert [e.response["row_count"] for e in requests] == [1, 3000]
+
+
+async def test_slow_reader_pauses_the_upstream_and_resumes(recorder: Recorder) -> None:
+    client = await RawClient.connect(recorder.port)
+    await client.startup()
+    client.send(m.Query("SELECT repeat('y', 4000) FROM generate_series(1, 3000)"))
+    await asyncio.sleep(0.5)  # not reading: the proxy's client buffer fills, upstream pauses
+    replies = await client.until(m.ReadyForQuery, timeout=20)
+    rows = [x for x in replies if isinstance(x, m.DataRow)]
+    assert len(rows) == 3000 and rows[-1].values == (b"y" * 4000,)
+    client.send(m.Query("SELECT 'after'"))  # both directions still flow
+    assert m.DataRow((b"after",)) in await client.until(m.ReadyForQuery)
+    await client.close()
