@@ -38,6 +38,9 @@ def make_recording_proxy(upstream: str, sink: ExchangeSink) -> RecordingProxy:
 
 
 TAKEN_KEPT = 32  # finished executions per slot that can still receive late exchanges
+# A boot record is shipped once, when its worker is ready; IO between requests (pool
+# keep-alives, timers) keeps arriving for the worker's whole life, so it is kept up to a cap.
+BOOT_EXCHANGES_KEPT = 5000
 
 
 @dataclass
@@ -56,6 +59,8 @@ class SlotRecorder:
     taken: OrderedDict[str, list[Exchange]] = field(default_factory=OrderedDict)
     current: str | None = None  # the last id the slot was tagged with
     late_dropped: int = 0  # late exchanges whose execution was too old to take them
+    boot_cap: int = BOOT_EXCHANGES_KEPT
+    boot_dropped: int = 0  # boot exchanges past the cap, counted and let go
 
     async def start(self) -> None:
         for var, url in self.upstreams.items():
@@ -76,8 +81,12 @@ class SlotRecorder:
     def _collect(self, exchange: Exchange) -> None:
         request_id = exchange.request_id
         if request_id is None:
-            if self.boot is not None:
+            if self.boot is None:
+                return
+            if len(self.boot.exchanges) < self.boot_cap:
                 self.boot.exchanges.append(exchange)
+            else:
+                self.boot_dropped += 1
         elif request_id in self.taken:
             self.taken[request_id].append(exchange)
         elif request_id in self.by_request or request_id == self.current:
