@@ -24,7 +24,8 @@ class Cli:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "flux_cli", *args,
             env={**self.env, "FLUX_SERVER": self.server, "COLUMNS": "200"},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
         assert proc.returncode is not None
         return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
