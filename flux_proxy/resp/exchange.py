@@ -33,19 +33,14 @@ class RedisExchange(Exchange):
         self.duration = duration
         self.client_frames = client_frames
         self.server_frames = server_frames
-        if request is not None:
-            _REQUEST.__set__(self, request)
-        if response is not None:
-            _RESPONSE.__set__(self, response)
+        _REQUEST.__set__(self, request)  # None: derive on first read
+        _RESPONSE.__set__(self, response)
         self.source = None
         self.failed = failed
 
     @property  # type: ignore[override]
     def request(self) -> dict[str, Any]:
-        try:
-            value = _REQUEST.__get__(self)
-        except AttributeError:  # not derived yet
-            value = None
+        value = _REQUEST.__get__(self)
         if value is None:
             value = (request_from_frame(self.client_frames[0]) if self.client_frames
                      else {"command": "", "args": []})
@@ -58,10 +53,7 @@ class RedisExchange(Exchange):
 
     @property  # type: ignore[override]
     def response(self) -> dict[str, Any]:
-        try:
-            value = _RESPONSE.__get__(self)
-        except AttributeError:  # not derived yet
-            value = None
+        value = _RESPONSE.__get__(self)
         if value is None:
             value = response_from_frames(self.server_frames)
             _RESPONSE.__set__(self, value)

@@ -210,9 +210,9 @@ class ClientConnection(asyncio.Protocol):
                 self.listener.connect_timeout)
         except (OSError, TimeoutError, ssl.SSLError, ValueError) as exc:
             log.warning("cannot connect to upstream %s: %s", upstream.redacted_url, exc)
-            self.session.upstream_lost(
-                time.time(), f"ERR flux: cannot connect to upstream {upstream.redacted_url}: "
-                             f"{exc or type(exc).__name__}")
+            self.session.upstream_refused(
+                f"ERR flux: cannot connect to upstream {upstream.redacted_url}: "
+                f"{exc or type(exc).__name__}", time.time(), close=True)
             self._pump()
             return
         if self.closed:

@@ -185,6 +185,7 @@ class RespSession:
         self.shard_channels: set[bytes] = set()
         self.upstream_error: str | None = None  # set when the upstream refused our login
         self.awaiting_login = True  # until `upstream_ready`: our own answers must wait too
+        self._close_when_told = False
         self.replies_on = True  # False after CLIENT REPLY OFF / SKIP: the server stays silent
         self._skip_one = False
         self._pending: deque[_Pending | _Plain] = deque()
@@ -288,6 +289,8 @@ class RespSession:
 
         if self.upstream_error is not None:
             self._answer(entry, _error_frame(self.upstream_error), now)
+            if self._close_when_told:
+                self.close_client = True
             return
         if self._silenced(entry, kind, args, frame, now):
             return
@@ -576,10 +579,12 @@ class RespSession:
         self.awaiting_login = False
         self._drain_synthetic(now)
 
-    def upstream_refused(self, error: str, now: float) -> None:
+    def upstream_refused(self, error: str, now: float, close: bool = False) -> None:
         """The upstream rejected the proxy's login (or could not be reached): every command,
-        queued or future, is answered with the upstream's error text."""
+        queued or future, is answered with the upstream's error text. With `close`, the
+        client connection closes once it has been told (at its first command if need be)."""
         self.upstream_error = error
+        self._close_when_told = close
         self.upstream_out.clear()
         waiting = [_as_pending(entry) for entry in self._pending]
         self._pending.clear()
@@ -590,6 +595,8 @@ class RespSession:
                     self.close_client = True
                 continue
             self._answer(entry, _error_frame(error), now)
+        if close and waiting:
+            self.close_client = True
 
     def upstream_lost(self, now: float, reason: str = UPSTREAM_LOST) -> None:
         """The upstream connection broke: every outstanding command fails cleanly, and the

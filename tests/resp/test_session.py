@@ -267,3 +267,12 @@ def test_client_reply_off_and_skip_expect_no_replies():
     by_seq = sorted(finished, key=lambda e: e.seq)
     assert [len(e.server_frames) for e in by_seq] == [0, 0, 1, 0, 0, 1, 1]
     assert by_seq[6].response["value"] == "2"
+
+
+def test_unreachable_upstream_tells_the_first_command_then_closes():
+    session, finished, _ = make_session(logged_in=False)
+    session.upstream_refused("ERR flux: cannot connect to upstream", now=0.0, close=True)
+    assert not session.close_client  # nothing asked yet: wait for a command to answer
+    session.client_commands([encode_command("PING")], now=0.1)
+    assert session.client_out == [b"-ERR flux: cannot connect to upstream\r\n"]
+    assert session.close_client and finished[0].failed
