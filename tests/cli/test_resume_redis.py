@@ -77,3 +77,44 @@ async def test_resume_does_not_repeat_a_durable_incr(
     assert resumed["mode"] == "resume" and resumed["parent_id"] == original
     assert [x["source"] for x in resumed["exchanges"]] == ["recorded", "live"]
     await r.aclose()
+
+
+async def test_resume_asks_on_a_terminal_and_defaults_to_no(
+        redis_auth: RedisServer, flux_server_process: ServerProcess, tmp_path: Path) -> None:
+    import asyncio
+    import pty
+    import sys
+
+    key = f"visits:{uuid.uuid4().hex[:8]}"
+    url = redis_auth.url(user="flux", password="fluxpw")
+    env = {"REDIS_URL": url}
+    original = await record_failure(FIXTURES / "counter.ts", flux_server_process, env,
+                                    f"/count?key={key}", tmp_path)
+    primary, secondary = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "flux_cli", "resume", original,
+        "--app", str(FIXTURES / "counter_fixed.ts"),
+        env={**os.environ, **env, "FLUX_SERVER": flux_server_process.listen},
+        stdin=secondary, stdout=asyncio.subprocess.PIPE, stderr=secondary)
+    os.close(secondary)
+    prompt = b""
+    while b"Go ahead?" not in prompt:
+        chunk = await asyncio.to_thread(os.read, primary, 1024)
+        assert chunk, prompt
+        prompt += chunk
+    os.write(primary, b"\n")  # just Enter: the default is No
+    await asyncio.wait_for(proc.wait(), 30)
+    os.close(primary)
+    text = prompt.decode()
+    assert f"REDIS_URL: Redis at 127.0.0.1:{redis_auth.port}, database 0" in text
+    assert "fluxpw" not in text
+    assert proc.returncode == 1
+    r = aioredis.Redis.from_url(url)
+    assert await r.get(key) == b"1"
+    await r.aclose()
+    from flux_server.filters import ExecutionFilter
+    from flux_server.records import Mode
+
+    async with FluxClient(flux_server_process.listen) as client:
+        runs = await client.list(ExecutionFilter(mode=Mode.RESUME), limit=1000)
+    assert original not in {run.parent_id for run in runs.executions}  # nothing ran
