@@ -26,7 +26,8 @@ class PgExchange(Exchange):
                  "pending", "sealed", "statement")
 
     def __init__(self, connection: int, seq: int, kind: str, request_id: str | None,
-                 started_at: float, lifetime: Lifetime = Lifetime.REQUEST) -> None:
+                 started_at: float, lifetime: Lifetime = Lifetime.REQUEST,
+                 client_frames: list[bytes] | None = None) -> None:
         self.protocol = Protocol.POSTGRES
         self.connection = connection
         self.seq = seq
@@ -34,7 +35,7 @@ class PgExchange(Exchange):
         self.request_id = request_id
         self.started_at = started_at
         self.duration = 0.0
-        self.client_frames = []
+        self.client_frames = [] if client_frames is None else client_frames
         self.server_frames = []
         self.source = None
         self.failed = False

@@ -91,8 +91,7 @@ class PgSession:
                 and _one_batch(frames)):
             # Fast path: one complete Parse/Bind/Describe/Execute/Sync batch, the usual shape.
             # It is one exchange, and everything up to its ReadyForQuery answers it.
-            ex = self._open(KIND_EXTENDED, now)
-            ex.client_frames = frames  # the caller hands the list over
+            ex = self._open(KIND_EXTENDED, now, frames)  # the caller hands the list over
             ex.has_execute = True
             ex.pending = 1
             ex.sealed = True
@@ -162,9 +161,11 @@ class PgSession:
                 self._seal_batch()
             # 'p' after startup is not expected (the proxy authenticated upstream): not recorded
 
-    def _open(self, kind: str, now: float) -> PgExchange:
+    def _open(self, kind: str, now: float, client_frames: list[bytes] | None = None
+              ) -> PgExchange:
         self.seq += 1
-        return PgExchange(self.connection, self.seq, kind, self.tag.current, now)
+        return PgExchange(self.connection, self.seq, kind, self.tag.current, now,
+                          client_frames=client_frames)
 
     def _seal(self, ex: PgExchange) -> None:
         ex.sealed = True
@@ -186,6 +187,7 @@ class PgSession:
     # ---------------------------------------------------------------- server -> client
 
     def server_frames(self, frames: list[bytes], now: float) -> None:
+        """Frames the server sent (the session may keep the list: pass a fresh one)."""
         queue = self._queue
         i, n = 0, len(frames)
         while i < n:
@@ -229,7 +231,10 @@ class PgSession:
             t = frames[i][0]
             i += 1
             if t == _Z:
-                ex.server_frames += frames[start:i]
+                if start == 0 and i == n and not ex.server_frames:
+                    ex.server_frames = frames  # the whole reply in one read: keep its list
+                else:
+                    ex.server_frames += frames[start:i]
                 self._queue.popleft()
                 self.tx_status = chr(frames[i - 1][5])
                 ex.pending = 0
@@ -325,27 +330,33 @@ class PgSession:
             if self.tx_status == "I" and self.portals:
                 self.portals.clear()
         elif kind == KIND_EXTENDED:
-            self._apply_extended(ex)
+            parsed_here = self._apply_extended(ex)
             statement = ex.statement
             if not ex.has_execute or (statement is not None and statement.reads_only_catalog()):
                 ex.lifetime = Lifetime.CONNECTION
+            if statement is parsed_here:
+                # Its Parse is among the exchange's own frames: the semantics need nothing
+                # more, and a recorded exchange then keeps one object less alive.
+                ex.statement = None
         if ex.broken is not None:
             ex.failed = True
         self.sink(ex)
 
-    def _apply_extended(self, ex: PgExchange) -> None:
+    def _apply_extended(self, ex: PgExchange) -> StatementInfo | None:
         """Update statements/portals from the exchange's frames; snapshot what it used.
 
         Names stay bytes (no decoding on this path); the unnamed ones are the common case.
+        Returns the statement the exchange's last Parse created, if any.
         """
         describes: list[StatementInfo | None] = []
+        parsed_here: StatementInfo | None = None
         statements = self.statements
         portals = self.portals
         for frame in ex.client_frames:
             t = frame[0]
             if t == _P:
                 name = frame[5:frame.index(0, 5)] if frame[5] else b""
-                statements[name] = ex.statement = StatementInfo(name, frame)
+                statements[name] = ex.statement = parsed_here = StatementInfo(name, frame)
             elif t == _B:
                 if frame[5] == 0 and frame[6] == 0:  # unnamed portal, unnamed statement
                     portal_name = statement_name = b""
@@ -383,4 +394,5 @@ class PgSession:
                         break
         if self.tx_status == "I" and ex.client_frames[-1][0] == _S:
             self.portals.clear()
+        return parsed_here
 
