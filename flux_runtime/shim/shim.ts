@@ -198,8 +198,9 @@ function errorInfo(value: unknown): ErrorInfo {
 }
 
 // A stack trace logged as text, as express's final handler ("TypeError: x\n    at ...") and
-// koa's default error handler (the same, indented) print it.
-const LOGGED_STACK = /^\s*([A-Za-z_$][\w$]*(?:Error|Exception)): ([^\n]*)\n\s+at /;
+// koa's default error handler (the same, indented) print it. node-postgres names its
+// DatabaseError plain "error" ("error: relation \"x\" does not exist\n    at ...").
+const LOGGED_STACK = /^\s*([A-Za-z_$][\w$]*(?:Error|Exception)|error): ([^\n]*)\n\s+at /;
 
 function errorFromConsole(args: unknown[]): ErrorInfo | null {
   for (const arg of args) {
