@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 import click
 
+from flux_cli import loop
 from flux_cli.errors import FluxError, one_line_errors
 from flux_proxy.urls import proxy_url, upstream_kind
 
@@ -44,4 +44,4 @@ def proxy_command(kind: str, upstream: str, listen: str, record_path: str | None
                    err=True)
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_standalone(upstream, f"{host}:{port}", record_path, on_listening=announce))
+        loop.run(run_standalone(upstream, f"{host}:{port}", record_path, on_listening=announce))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 
+from flux_cli import loop
 from flux_cli.errors import FluxError, one_line_errors
 
 
@@ -31,6 +30,6 @@ def serve_command(app: str, port: int, host: str, workers: int | None, server: s
     options = ServeOptions(app=app, host=host, port=port, workers=workers or DEFAULT_WORKERS,
                            server=server, sample=sample, deno_args=deno_args)
     try:
-        asyncio.run(serve_forever(options))
+        loop.run(serve_forever(options))
     except (ServeError, FrontStartError, WorkerStartError) as exc:
         raise FluxError(str(exc)) from None

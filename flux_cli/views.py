@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 from rich.markup import escape
 
-from flux_cli import render
+from flux_cli import loop, render
 from flux_cli.errors import FluxError, one_line_errors
 from flux_cli.why import diagnose
 from flux_server.client import (
@@ -66,7 +66,7 @@ def run_with_client(server: str | None, work: Callable[[FluxClient], Awaitable[T
             return await work(client)
 
     try:
-        return asyncio.run(main())
+        return loop.run(main())
     except ServerUnavailable as exc:
         raise FluxError(str(exc)) from None
     except AmbiguousId as exc:
@@ -139,7 +139,7 @@ def tail_command(status: str | None, path: str | None, method: str | None, since
             await asyncio.sleep(TAIL_RECONNECT_SECONDS)
 
     try:
-        asyncio.run(follow())
+        loop.run(follow())
     except (AuthenticationFailed, FluxClientError) as exc:
         raise FluxError(str(exc)) from None
 
