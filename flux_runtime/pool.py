@@ -307,6 +307,9 @@ class WorkerPool:
         report: ShimReport | None = None
         report_future = worker.report(execution_id)
         generation, boot_id = worker.starts, worker.boot_id  # a crash starts a new boot
+        # A crash record quotes what the worker printed while serving this request, not the
+        # output of the requests before it.
+        worker.stderr_tail.clear()
         try:
             await call_hook(self.hooks.before_dispatch, worker, execution_id)
             if determinism is not None:

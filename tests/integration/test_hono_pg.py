@@ -189,6 +189,7 @@ async def test_boot_record_holds_the_start_up_io(served: ServedApp) -> None:
 
 async def test_worker_crash_mid_request_is_a_502_error_and_the_next_request_is_served(
         served: ServedApp) -> None:
+    await served.recorded(await served.request("GET", "/throw"))  # prints a stack first
     before = await served.recorded(await served.request("GET", "/simple"))
     reply = await served.request("GET", "/crash")
     assert reply.status == 502
@@ -198,6 +199,8 @@ async def test_worker_crash_mid_request_is_a_502_error_and_the_next_request_is_s
     assert crashed.status == 502 and crashed.outcome.value == "error"
     assert crashed.error is not None and crashed.error.name == "WorkerCrashed"
     assert "exited with code 1" in crashed.error.message
+    # What the worker printed for earlier requests is not quoted as this crash's cause.
+    assert "TypeError" not in crashed.error.message + crashed.error.stack
     assert crashed.boot_id == before.boot_id  # it died in the process that served `before`
 
     after_reply = await served.request("GET", "/simple")
