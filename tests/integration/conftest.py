@@ -138,3 +138,33 @@ def request_exchanges(execution: Execution) -> list[Any]:
 
 def console_lines(execution: Execution) -> list[tuple[str, str]]:
     return [(line.level, line.text) for line in execution.console]
+
+
+async def replay_differences(served: ServedApp, skip: tuple[str, ...] = ()) -> list[str]:
+    """Replays one recorded request per distinct target of this app, in-process, and lists
+    every one whose replay was not completed with a byte-identical response."""
+    from flux_runtime.replay import fetch_recording, replay
+    from flux_runtime.report import ReplayOutcome
+
+    page = await served.records.list(limit=1000)
+    seen: set[tuple[str, str]] = set()
+    problems: list[str] = []
+    for summary in reversed(page.executions):  # oldest first, as they were served
+        recording = await fetch_recording(served.records, summary.id)
+        original = recording.execution
+        target = (original.method, f"{original.path}?{original.query}")
+        if original.mode.value != "record" or target in seen or original.path in skip:
+            continue
+        seen.add(target)
+        report = await replay(recording)
+        replayed = report.replayed
+        same = (replayed.status, replayed.response_body) == (original.status,
+                                                             original.response_body)
+        if report.outcome is not ReplayOutcome.COMPLETED or not same:
+            problems.append(f"{target}: {report.outcome.value}, status {original.status}->"
+                            f"{replayed.status}, divergences {report.divergences}, "
+                            f"stopped {report.stopped_at}, unused {len(report.unused)}, "
+                            f"body {original.response_body[:80]!r} -> "
+                            f"{replayed.response_body[:80]!r}")
+    assert seen, "nothing was recorded to replay"
+    return problems

@@ -11,6 +11,8 @@ from tests.services import PgCluster
 
 pytestmark = pytest.mark.deno
 
+REPLAY_SKIP: tuple[str, ...] = ()  # paths not replayed by the last test
+
 
 @pytest.fixture(scope="module")
 async def served(pg: PgCluster) -> AsyncIterator[ServedApp]:
@@ -54,3 +56,10 @@ async def test_boot_record_holds_the_warm_up_query(served: ServedApp) -> None:
     assert startup.lifetime.value == "session"
     assert warm.request["sql"] == "SELECT current_database() AS db"
     assert warm.response["rows"] == [["flux_test"]]
+
+
+async def test_every_recorded_request_replays_byte_identical(served: ServedApp) -> None:
+    """Runs last in this module: every request recorded above, replayed against its IO."""
+    from tests.integration.conftest import replay_differences
+
+    assert await replay_differences(served, skip=REPLAY_SKIP) == []

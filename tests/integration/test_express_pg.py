@@ -12,6 +12,8 @@ from tests.services import PgCluster
 
 pytestmark = pytest.mark.deno
 
+REPLAY_SKIP: tuple[str, ...] = ()  # paths not replayed by the last test
+
 
 @pytest.fixture(scope="module")
 async def served(pg: PgCluster) -> AsyncIterator[ServedApp]:
@@ -78,3 +80,10 @@ async def test_boot_record_holds_the_migration(served: ServedApp) -> None:
     assert boot.exchanges[1].request["sql"].startswith(
         "CREATE TABLE IF NOT EXISTS express_todos")
     assert boot.exchanges[1].response["command_tag"] == "CREATE TABLE"
+
+
+async def test_every_recorded_request_replays_byte_identical(served: ServedApp) -> None:
+    """Runs last in this module: every request recorded above, replayed against its IO."""
+    from tests.integration.conftest import replay_differences
+
+    assert await replay_differences(served, skip=REPLAY_SKIP) == []

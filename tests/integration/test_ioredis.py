@@ -16,6 +16,8 @@ from tests.services import RedisServer
 
 pytestmark = pytest.mark.deno
 
+REPLAY_SKIP: tuple[str, ...] = ()  # paths not replayed by the last test
+
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 APPS = {5: "ioredis5_app.ts", 6: "ioredis6_app.ts"}
 
@@ -105,3 +107,11 @@ async def test_hash_reply_shape_follows_the_negotiated_protocol(
     assert hgetall.request == {"command": "HGETALL", "args": [f"io{major}:5:h"]}
     expected = {"a": "1", "b": "2"} if major >= 6 else ["a", "1", "b", "2"]  # map vs array
     assert hgetall.response == {"value": expected, "error": None}
+
+
+async def test_every_recorded_request_replays_byte_identical(
+        ioredis: tuple[int, ServedApp]) -> None:
+    """Runs last in this module: every request recorded above, replayed against its IO."""
+    from tests.integration.conftest import replay_differences
+
+    assert await replay_differences(ioredis[1], skip=REPLAY_SKIP) == []

@@ -13,6 +13,8 @@ from tests.services import RedisServer
 
 pytestmark = pytest.mark.deno
 
+REPLAY_SKIP: tuple[str, ...] = ()  # paths not replayed by the last test
+
 APPS = {5: "node_redis5_app.ts", 6: "node_redis6_app.ts"}
 
 
@@ -60,3 +62,11 @@ async def test_multi_exec(node_redis: tuple[int, ServedApp]) -> None:
                                 ("SET", [key, "7"], "QUEUED", None),
                                 ("INCR", [key], "QUEUED", None),
                                 ("EXEC", [], ["OK", 8], None)]
+
+
+async def test_every_recorded_request_replays_byte_identical(
+        node_redis: tuple[int, ServedApp]) -> None:
+    """Runs last in this module: every request recorded above, replayed against its IO."""
+    from tests.integration.conftest import replay_differences
+
+    assert await replay_differences(node_redis[1], skip=REPLAY_SKIP) == []

@@ -18,6 +18,8 @@ from tests.services import PgCluster, RedisServer
 
 pytestmark = pytest.mark.deno
 
+REPLAY_SKIP: tuple[str, ...] = ()  # paths not replayed by the last test
+
 WORKERS = 4
 
 
@@ -184,3 +186,10 @@ async def test_attribution_under_load(served: ServedApp, redis_plain: RedisServe
         assert all(x.request["sql"] == "SELECT $1::int AS n" for x in others)
     described = sum(x.lifetime.value == "connection" for e in executions for x in e.exchanges)
     assert described <= WORKERS
+
+
+async def test_every_recorded_request_replays_byte_identical(served: ServedApp) -> None:
+    """Runs last in this module: every request recorded above, replayed against its IO."""
+    from tests.integration.conftest import replay_differences
+
+    assert await replay_differences(served, skip=REPLAY_SKIP) == []
