@@ -1,0 +1,175 @@
+"""Postgres in resume mode: the durable prefix answered from the recording, the rest live.
+
+`PgResumeSession` (sans-IO, see resume_session.py) decides, message by message, what the
+recording answers and what the server must; this module owns the sockets. Live traffic goes
+through a record-mode `PgRecordProxy` on loopback, which holds the real credentials and records
+every live exchange into the sink, so each resumed client connection has at most one live
+connection: a client of that proxy, opened the first time it is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+
+from flux_proxy.matcher import Divergence
+from flux_proxy.model import ExchangeSink, Lifetime, Protocol, RequestTag
+from flux_proxy.pg.proxy import PgRecordProxy
+from flux_proxy.pg.replay_catalog import PgCatalog
+from flux_proxy.pg.resume_session import PgResumeSession
+from flux_proxy.replay import ReplayBook
+
+__all__ = ["PgResumeProxy", "PgResumeSession"]
+
+
+class _LiveLink(asyncio.Protocol):
+    """The live side of one resumed connection: a client of the local record proxy."""
+
+    def __init__(self, owner: _ResumeConnection) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.owner.to_client(self.owner.session.live_received(data))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.live_lost()
+
+    def pause_writing(self) -> None:
+        self.owner.pause_client()
+
+    def resume_writing(self) -> None:
+        self.owner.resume_client()
+
+
+class _ResumeConnection(asyncio.Protocol):
+    def __init__(self, proxy: PgResumeProxy, session: PgResumeSession) -> None:
+        self.proxy = proxy
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+        self.link: _LiveLink | None = None
+        self.connecting: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ client side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.proxy.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.to_client(self.session.receive(data))
+        self._pump_live()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.proxy.connections.discard(self)
+        if self.connecting is not None:
+            self.connecting.cancel()
+        if self.link is not None and self.link.transport is not None:
+            self.link.transport.close()  # the record proxy says goodbye to the server
+
+    def pause_writing(self) -> None:
+        if self.link is not None and self.link.transport is not None:
+            self.link.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.link is not None and self.link.transport is not None:
+            self.link.transport.resume_reading()
+
+    def pause_client(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_client(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def to_client(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if data:
+            transport.write(data)
+        if self.session.closed:
+            transport.close()
+
+    # ------------------------------------------------------------------ live side
+
+    def _pump_live(self) -> None:
+        if not self.session.live_link_wanted:
+            return
+        if self.link is not None and self.link.transport is not None:
+            pending = self.session.take_live()
+            if pending:
+                self.link.transport.write(pending)
+        elif self.connecting is None:
+            self.connecting = asyncio.ensure_future(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, link = await loop.create_connection(lambda: _LiveLink(self), "127.0.0.1",
+                                                   self.proxy.live.port)
+        except OSError:
+            self.live_lost()
+            return
+        self.link = link
+        self._pump_live()
+
+    def live_lost(self) -> None:
+        self.to_client(self.session.live_lost())
+        if self.transport is not None:
+            self.transport.close()
+
+
+class PgResumeProxy:
+    """A loopback listener that answers the durable prefix and goes live after it.
+
+    `book` holds the durable prefix as its request checkpoints (plus the session and connection
+    exchanges greetings and statements are answered from); `upstream` is the real URL with
+    credentials; `sink` receives the live exchanges, recorded by the inner record proxy.
+    """
+
+    def __init__(self, book: ReplayBook, upstream: str, sink: ExchangeSink,
+                 host: str = "127.0.0.1") -> None:
+        self.book = book
+        self.live = PgRecordProxy(upstream, sink)
+        self.host = host
+        self.port = 0
+        self.tag = RequestTag()
+        self.catalog = PgCatalog(book.exchanges_of(Protocol.POSTGRES, Lifetime))
+        self.divergences: list[Divergence] = []
+        self.connections: set[_ResumeConnection] = set()
+        self._ids = itertools.count(1)
+        self._server: asyncio.Server | None = None
+
+    def set_current_request(self, request_id: str | None) -> None:
+        self.tag.set_current_request(request_id)
+        self.live.set_current_request(request_id)
+
+    def session(self) -> PgResumeSession:
+        """A new client connection's sans-IO session."""
+        return PgResumeSession(self.book, self.catalog, next(self._ids), self.tag,
+                               self.divergences)
+
+    async def start(self) -> None:
+        await self.live.start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _ResumeConnection(self, self.session()), self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
+        await self.live.close()
