@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -77,28 +78,37 @@ async def replay(recording: Recording, app: str | None = None) -> ReplayReport:
     app_path = resolve_app(original.app_path, app)
     own = [x for x in original.exchanges if x.request_id in (None, original.id)]
     book = ReplayBook(own, recording.boot.exchanges if recording.boot else [])
+    replayed = await rerun(original, app_path, book, Mode.REPLAY,
+                           lambda var, url: make_replay_proxy(url, book, var))
+    return build_report(original, replayed, book, Mode.REPLAY)
+
+
+async def rerun(original: Execution, app_path: Path, book: ReplayBook, mode: Mode,
+                proxy_for: Callable[[str, str], ReplayProxy]) -> Execution:
+    """Send the recorded request once to one fresh worker of the app, whose upstream
+    variables point at the proxies `proxy_for(var, recorded_url)` makes; its execution.
+
+    In replay the worker may reach nothing but those proxies."""
     proxies: dict[str, ReplayProxy] = {}
     pool: WorkerPool | None = None
     try:
         for var, url in original.upstreams.items():
-            proxies[var] = make_replay_proxy(url, book, var)
+            proxies[var] = proxy_for(var, url)
             await proxies[var].start()
         env = {var: proxy_url(original.upstreams[var], "127.0.0.1", p.port)
                for var, p in proxies.items()}
-        allowed = [f"127.0.0.1:{p.port}" for p in proxies.values()]
+        reachable = [f"127.0.0.1:{p.port}" for p in proxies.values()]
 
         def tag(_worker: Any, execution_id: str | None = None, *_: Any) -> None:
             book.request_id = execution_id
             for proxy in proxies.values():
                 proxy.set_current_request(execution_id)
 
-        def untag(_worker: Any, _execution: Execution) -> None:
-            tag(_worker, None)
-
-        pool = WorkerPool(app_path, workers=1, mode=Mode.REPLAY, echo_output=False,
+        pool = WorkerPool(app_path, workers=1, mode=mode, echo_output=False,
                           worker_settings=lambda _i: WorkerSlotSettings(env=env,
-                                                                        net_allow=allowed),
-                          hooks=PoolHooks(before_dispatch=tag, after_completion=untag))
+                                                                        net_allow=reachable),
+                          hooks=PoolHooks(before_dispatch=tag,
+                                          after_completion=lambda w, _e: tag(w, None)))
         await pool.start()
         target = original.path + (f"?{original.query}" if original.query else "")
         headers = [(k, v) for k, v in original.request_headers if k.lower() not in HOP_HEADERS]
@@ -112,7 +122,7 @@ async def replay(recording: Recording, app: str | None = None) -> ReplayReport:
         for proxy in proxies.values():
             with contextlib.suppress(Exception):
                 await proxy.close()
-    return build_report(original, result.execution, book, Mode.REPLAY)
+    return result.execution
 
 
 def build_report(original: Execution, replayed: Execution, book: ReplayBook,

@@ -7,27 +7,22 @@ variable names the record kept. The worker's start-up IO runs live, as any resta
 
 from __future__ import annotations
 
-import contextlib
-import uuid
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import urlsplit
 
 from flux_proxy.model import Exchange, ExchangeSink, Lifetime, Source
 from flux_proxy.replay import ReplayBook
 from flux_proxy.resume import durable_prefix
-from flux_proxy.urls import proxy_url, redact, upstream_kind
-from flux_runtime.pool import PoolHooks, WorkerPool
+from flux_proxy.urls import redact, upstream_kind
 from flux_runtime.replay import (
-    HOP_HEADERS,
     Recording,
     ReplayError,
     ReplayProxy,
     build_report,
+    rerun,
     resolve_app,
 )
 from flux_runtime.report import IoEntry, ReplayReport
-from flux_runtime.worker import WorkerSlotSettings
 from flux_server.records import Mode
 
 
@@ -79,42 +74,18 @@ async def resume(recording: Recording, real: Mapping[str, str],
                if x.lifetime is Lifetime.SESSION]
     book = ReplayBook([*prefix, *kept, *session])
     live: list[Exchange] = []
-    proxies: dict[str, Any] = {}
-    pool: WorkerPool | None = None
-    try:
-        for var, url in original.upstreams.items():
-            proxies[var] = make_resume_proxy(url, book, real[var], live.append)
-            await proxies[var].start()
-        env = {var: proxy_url(original.upstreams[var], "127.0.0.1", p.port)
-               for var, p in proxies.items()}
+    proxies: list[ReplayProxy] = []
 
-        def tag(_worker: Any, execution_id: str | None = None, *_: Any) -> None:
-            book.request_id = execution_id
-            for proxy in proxies.values():
-                proxy.set_current_request(execution_id)
+    def proxy_for(var: str, url: str) -> ReplayProxy:
+        proxies.append(make_resume_proxy(url, book, real[var], live.append))
+        return proxies[-1]
 
-        pool = WorkerPool(app_path, workers=1, mode=Mode.RESUME, echo_output=False,
-                          worker_settings=lambda _i: WorkerSlotSettings(env=env),
-                          hooks=PoolHooks(before_dispatch=tag,
-                                          after_completion=lambda w, _e: tag(w, None)))
-        await pool.start()
-        target = original.path + (f"?{original.query}" if original.query else "")
-        headers = [(k, v) for k, v in original.request_headers if k.lower() not in HOP_HEADERS]
-        result = await pool.execute(original.method, target, headers=headers,
-                                    body=original.request_body, execution_id=str(uuid.uuid4()),
-                                    determinism=original.determinism)
-    finally:
-        if pool is not None:
-            with contextlib.suppress(Exception):
-                await pool.stop()
-        for proxy in proxies.values():
-            with contextlib.suppress(Exception):
-                await proxy.close()
-    report = build_report(original, result.execution, book, Mode.RESUME)
-    for proxy in proxies.values():
+    resumed = await rerun(original, app_path, book, Mode.RESUME, proxy_for)
+    report = build_report(original, resumed, book, Mode.RESUME)
+    for proxy in proxies:
         report.divergences += getattr(proxy, "divergences", [])
     for x in live:
-        if x.request_id == result.execution.id:
+        if x.request_id == resumed.id:
             x.source = Source.LIVE
             report.io.append(IoEntry(x, "live"))
     report.io.sort(key=lambda entry: entry.exchange.started_at)
