@@ -85,7 +85,9 @@ async def resume(recording: Recording, real: Mapping[str, str],
     for proxy in proxies:
         report.divergences += getattr(proxy, "divergences", [])
     for x in live:
-        if x.request_id == resumed.id:
+        # Request exchanges only, as replay reports: the live connection's own start-up and
+        # the statements resume prepared for it are not the app's IO.
+        if x.request_id == resumed.id and x.lifetime is Lifetime.REQUEST:
             x.source = Source.LIVE
             report.io.append(IoEntry(x, "live"))
     report.io.sort(key=lambda entry: entry.exchange.started_at)
