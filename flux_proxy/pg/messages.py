@@ -63,49 +63,80 @@ class Reader:
         self.end = len(buf)
         self.what = what
 
-    def _need(self, n: int, field_name: str) -> int:
-        start = self.pos
-        if self.end - start < n:
-            raise ProtocolError(f"{self.what}: truncated {field_name} at byte {start}")
-        self.pos = start + n
-        return start
+    def _truncated(self, field_name: str) -> ProtocolError:
+        return ProtocolError(f"{self.what}: truncated {field_name} at byte {self.pos}")
+
+    # Each reader checks bounds inline (no helper call): the typed decoders use them a lot.
 
     def byte(self, field_name: str) -> str:
-        start = self._need(1, field_name)
-        return chr(self.buf[start])
+        pos = self.pos
+        if pos >= self.end:
+            raise self._truncated(field_name)
+        self.pos = pos + 1
+        return chr(self.buf[pos])
 
     def int16(self, field_name: str) -> int:
-        return _I16.unpack_from(self.buf, self._need(2, field_name))[0]
+        pos = self.pos
+        if self.end - pos < 2:
+            raise self._truncated(field_name)
+        self.pos = pos + 2
+        return _I16.unpack_from(self.buf, pos)[0]  # type: ignore[no-any-return]
 
     def uint16(self, field_name: str) -> int:
-        return _U16.unpack_from(self.buf, self._need(2, field_name))[0]
+        pos = self.pos
+        if self.end - pos < 2:
+            raise self._truncated(field_name)
+        self.pos = pos + 2
+        return _U16.unpack_from(self.buf, pos)[0]  # type: ignore[no-any-return]
 
     def int32(self, field_name: str) -> int:
-        return _I32.unpack_from(self.buf, self._need(4, field_name))[0]
+        pos = self.pos
+        if self.end - pos < 4:
+            raise self._truncated(field_name)
+        self.pos = pos + 4
+        return _I32.unpack_from(self.buf, pos)[0]  # type: ignore[no-any-return]
 
     def uint32(self, field_name: str) -> int:
-        return _U32.unpack_from(self.buf, self._need(4, field_name))[0]
+        pos = self.pos
+        if self.end - pos < 4:
+            raise self._truncated(field_name)
+        self.pos = pos + 4
+        return _U32.unpack_from(self.buf, pos)[0]  # type: ignore[no-any-return]
 
     def raw_bytes(self, n: int, field_name: str) -> bytes:
         if n < 0:
             raise ProtocolError(f"{self.what}: negative length {n} for {field_name}")
-        start = self._need(n, field_name)
-        return self.buf[start:start + n]
+        pos = self.pos
+        if self.end - pos < n:
+            raise self._truncated(field_name)
+        self.pos = pos + n
+        return self.buf[pos:pos + n]
 
     def cstring(self, field_name: str) -> str:
-        nul = self.buf.find(b"\0", self.pos, self.end)
+        pos = self.pos
+        nul = self.buf.find(b"\0", pos, self.end)
         if nul < 0:
             raise ProtocolError(f"{self.what}: unterminated string {field_name}")
-        value = self.buf[self.pos:nul].decode("utf-8", "surrogateescape")
         self.pos = nul + 1
-        return value
+        return self.buf[pos:nul].decode("utf-8", "surrogateescape")
 
     def nullable_bytes(self, field_name: str) -> bytes | None:
         """Int32 length (-1 for NULL) followed by that many bytes."""
-        n = self.int32(f"{field_name} length")
+        pos = self.pos
+        if self.end - pos < 4:
+            raise self._truncated(f"{field_name} length")
+        n = _I32.unpack_from(self.buf, pos)[0]
+        pos += 4
         if n == -1:
+            self.pos = pos
             return None
-        return self.raw_bytes(n, field_name)
+        if n < 0:
+            raise ProtocolError(f"{self.what}: negative length {n} for {field_name}")
+        if self.end - pos < n:
+            self.pos = pos
+            raise self._truncated(field_name)
+        self.pos = pos + n
+        return self.buf[pos:pos + n]
 
     def rest(self) -> bytes:
         data = self.buf[self.pos:self.end]
