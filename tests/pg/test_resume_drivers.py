@@ -316,3 +316,70 @@ async def test_start_up_io_runs_live_and_a_changed_parameter_goes_live(
     assert [s for _, s in resumed.sources()] == ["live"]
     assert [(d.field, d.expected, d.actual) for d in resumed.divergences] == [
         ("param $1", 1, 2)]
+
+
+async def test_a_pipeline_goes_live_in_the_middle_of_its_batch(pg: PgCluster) -> None:
+    """One Sync, two Executes: the first is answered from the recording, the second (new in
+    the fix) makes the connection go live, its Parse/Bind sent again for the server to answer."""
+    events = table("rz_events")
+    setup = await direct(pg)
+    await setup.execute(f"CREATE TABLE {events} (id int, kind text)")
+    await setup.close()
+
+    def handler(fixed: bool) -> App:
+        async def app(url: str, tag: Tag) -> Any:
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                tag("request")
+                async with conn.pipeline(), conn.cursor() as cur:
+                    await cur.execute(f"INSERT INTO {events} VALUES (%s, %s)", (1, "paid"))
+                    if fixed:
+                        await cur.execute(f"INSERT INTO {events} VALUES (%s, %s)", (2, "sent"))
+                    await cur.execute(f"SELECT id, kind FROM {events} ORDER BY id")
+                    got = await cur.fetchall()
+                tag(None)
+                if not fixed:
+                    raise Thrown("could not send")
+                return got
+        return app
+
+    resumed = await resume(pg, await record(pg, handler(fixed=False)), handler(fixed=True))
+    assert resumed.result == [(1, "paid"), (2, "sent")]
+    assert [s for _, s in resumed.sources()] == ["recorded", "live", "live"]
+
+
+async def test_leaving_the_recording_inside_a_committed_transaction_is_refused(
+        pg: PgCluster) -> None:
+    """The original committed the transaction (so it is in the prefix); the fix adds to it.
+    Resume cannot continue a transaction the server never saw: the client gets a clear FATAL
+    error, and nothing of the transaction runs twice."""
+    audit = table("rz_audit")
+    setup = await direct(pg)
+    await setup.execute(f"CREATE TABLE {audit} (id int)")
+
+    def handler(fixed: bool) -> App:
+        async def app(url: str, tag: Tag) -> Any:
+            conn = await asyncpg.connect(url, ssl=False)
+            try:
+                tag("request")
+                async with conn.transaction():
+                    await conn.execute(f"INSERT INTO {audit} VALUES ($1)", 1)
+                    if fixed:
+                        await conn.execute(f"INSERT INTO {audit} VALUES ($1)", 2)
+                if not fixed:
+                    raise Thrown("after the commit")
+                return "done"
+            except asyncpg.InterfaceError as exc:  # the connection was closed under it
+                return " / ".join(str(e) for e in (exc, exc.__context__) if e)
+            finally:
+                tag(None)
+                await conn.close()
+        return app
+
+    original = await record(pg, handler(fixed=False))
+    try:
+        resumed = await resume(pg, original, handler(fixed=True))
+        assert await setup.fetchval(f"SELECT array_agg(id) FROM {audit}") == [1]
+    finally:
+        await setup.close()
+    assert "resume cannot continue that transaction" in resumed.result
+    assert resumed.live_requests() == []
