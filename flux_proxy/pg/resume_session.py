@@ -141,7 +141,13 @@ class RecordedSide(PgReplaySession):
         if frame[0] == ord("P"):
             known = self.statements.get(name)
             if known is None or known.parse != frame:
-                self._remember_parse(frame)
+                statement = self._remember_parse(frame)
+                # Its parameter types, as the recording described them: binary parameters of
+                # a later Bind are decoded with them, as they were when recorded.
+                entry = self.catalog.statement(statement.sql)
+                if entry is not None:
+                    statement.param_description = entry.param_description(
+                        statement.parsed.param_oids)
         elif frame[5] == ord("S"):
             self.statements.pop(name, None)
 

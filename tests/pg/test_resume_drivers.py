@@ -53,8 +53,9 @@ async def record(pg: PgCluster, app: App) -> list[Exchange]:
 
 def resume_book(exchanges: list[Exchange]) -> tuple[ReplayBook, list[Exchange]]:
     """As flux_runtime.resume builds it: the durable prefix, the request's non-request
-    exchanges (statements), the boot's session exchanges (greetings)."""
-    own = [x for x in exchanges if x.request_id in (None, ORIGINAL)]
+    exchanges (statements), the boot's session exchanges (greetings). The execution holds the
+    request's exchanges; the boot record, the untagged ones."""
+    own = [x for x in exchanges if x.request_id == ORIGINAL]
     prefix = durable_prefix(own)
     kept = [x for x in own if x.lifetime is not Lifetime.REQUEST]
     session = [x for x in exchanges if x.request_id is None and x.lifetime is Lifetime.SESSION]
@@ -383,3 +384,36 @@ async def test_leaving_the_recording_inside_a_committed_transaction_is_refused(
         await setup.close()
     assert "resume cannot continue that transaction" in resumed.result
     assert resumed.live_requests() == []
+
+
+async def test_a_statement_prepared_live_at_start_up_is_answered_in_the_request(
+        pg: PgCluster) -> None:
+    """asyncpg prepares its statements once per connection: the one the boot prepared live is
+    only bound and executed in the request, and the recording still answers it."""
+    stock = table("rz_stock")
+    setup = await direct(pg)
+    await setup.execute(f"CREATE TABLE {stock} (id int, n int); "
+                        f"INSERT INTO {stock} VALUES (1, 5), (2, 7)")
+    await setup.close()
+    take = f"UPDATE {stock} SET n = n - 1 WHERE id = $1 RETURNING n"
+
+    def handler(fixed: bool) -> App:
+        async def app(url: str, tag: Tag) -> Any:
+            conn = await asyncpg.connect(url, ssl=False)
+            try:
+                await conn.fetchval(take, 1)  # at start-up: warms the statement cache
+                tag("request")
+                left = [await conn.fetchval(take, 2)]
+                if not fixed:
+                    raise Thrown("after taking one")
+                left.append(await conn.fetchval(take, 1))
+                tag(None)
+                return left
+            finally:
+                await conn.close()
+        return app
+
+    resumed = await resume(pg, await record(pg, handler(fixed=False)), handler(fixed=True))
+    # Boots: 5 -> 4 -> 3; the request's recorded take of id 2 is answered (6, not 5).
+    assert resumed.result == [6, 2]
+    assert [s for _, s in resumed.sources()] == ["recorded", "live"]
