@@ -179,3 +179,21 @@ async def test_terminate_closes_quietly(recorder: Recorder) -> None:
     client.send(m.Terminate())
     assert await client.read_raw() == b""  # no error after a requested goodbye
     await client.close()
+
+
+@pytest.mark.parametrize("garbage", [
+    b"Q\x00\x00\x00\x02",  # length below 4
+    b"Q\x7f\xff\xff\xff",  # length over the maximum
+    b"\xff" * 16,  # unknown type byte
+])
+async def test_malformed_frames_after_startup(recorder: Recorder, garbage: bytes) -> None:
+    client = await RawClient.connect(recorder.port)
+    await client.startup()
+    client.send(garbage)
+    [error] = errors_in(await client.until(m.ReadyForQuery))
+    assert error.sqlstate == "08P01" and str(error.message).startswith("invalid frontend message")
+    assert await client.read_raw() == b""
+    await client.close()
+    conn = await asyncpg.connect(recorder.url(), ssl=False)  # the listener is unaffected
+    assert await conn.fetchval("SELECT 7") == 7
+    await conn.close()
