@@ -417,3 +417,31 @@ async def test_a_statement_prepared_live_at_start_up_is_answered_in_the_request(
     # Boots: 5 -> 4 -> 3; the request's recorded take of id 2 is answered (6, not 5).
     assert resumed.result == [6, 2]
     assert [s for _, s in resumed.sources()] == ["recorded", "live"]
+
+
+async def test_the_real_server_refusing_the_credentials_reaches_the_client(
+        pg: PgCluster) -> None:
+    """The client was greeted from the recording; when its first live exchange needs the real
+    server and the server refuses the credentials, that error is what the client gets."""
+    async def app(url: str, tag: Tag) -> Any:
+        conn = await asyncpg.connect(url, ssl=False)
+        try:
+            tag("request")
+            return await conn.fetchval("SELECT 41 + 1")
+        finally:
+            tag(None)
+            await conn.close()
+
+    original = await record(pg, app)
+    book, _ = resume_book(original)
+    proxy = PgResumeProxy(book, pg.url("scramuser", "wrong", sslmode="disable"), [].append)
+    await proxy.start()
+    proxy.set_current_request(RESUMED)
+    try:
+        conn = await asyncpg.connect(url_of(proxy.port), ssl=False)
+        with pytest.raises(asyncpg.ConnectionDoesNotExistError,
+                           match='password authentication failed for user "scramuser"'):
+            await conn.fetchval("SELECT 42")  # not recorded: it needs the server
+        assert conn.is_closed()
+    finally:
+        await proxy.close()
