@@ -314,13 +314,13 @@ class PgResumeSession:
             kind = frame[0]
             if kind == ord("P"):
                 self._upstream_statements[_cstring(frame, 5)] = frame
-                self.recorded.learn(frame)
             elif kind == ord("C") and frame[5] == ord("S"):
                 self._upstream_statements.pop(_cstring(frame, 6), None)
-                self.recorded.learn(frame)
             elif kind == ord("Q"):
                 self._upstream_statements.pop("", None)  # a simple Query drops the unnamed one
-            if counted:
+            if counted:  # the client's own message (the set-up only mirrors what it believes)
+                if kind in b"PC":
+                    self.recorded.learn(frame)
                 if kind in _ENDS_LIVE_BATCH:
                     self._owed_ready += 1
                     self._live_batch_open = False
