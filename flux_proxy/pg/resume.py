@@ -116,6 +116,9 @@ class _ResumeConnection(asyncio.Protocol):
         except OSError:
             self.live_lost()
             return
+        if self.transport is None or self.transport.is_closing():
+            link.transport.close()  # type: ignore[union-attr]  # the client left meanwhile
+            return
         self.link = link
         self._pump_live()
 
