@@ -25,6 +25,7 @@ connection (its StartupMessage first), `live_received` takes the live connection
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from flux_proxy.matcher import Divergence, Match, MatchKind, RequestKey
@@ -89,7 +90,7 @@ class RecordedSide(PgReplaySession):
     `GoLive`, and each client message handed to `route` (which decides recorded or live)."""
 
     def __init__(self, book: ReplayBook, catalog: PgCatalog, connection: int, tag: RequestTag,
-                 route: Any) -> None:
+                 route: Callable[[bytes], None]) -> None:
         super().__init__(ExactAnswers(book), catalog, connection, tag)  # type: ignore[arg-type]
         self.greeting: _WatchedGreeting = _WatchedGreeting()
         self.route = route
