@@ -66,3 +66,36 @@ async def wait_stored(client: FluxClient, execution_id: str, timeout: float = 10
                 return
             except NotFound:
                 await asyncio.sleep(0.1)
+
+
+async def record_failure(app: Path, server: ServerProcess, env: dict[str, str],
+                         target: str, home: Path) -> str:
+    """Serve `app` under the runtime with exactly the upstreams in `env`, send it `target`
+    (which fails with a 500), and wait until the server has the record; its id."""
+    import aiohttp
+
+    from flux_proxy.urls import upstream_kind
+    from flux_runtime.serve import Runtime, ServeOptions
+    from tests.services import free_port
+
+    saved = dict(os.environ)
+    for name, value in saved.items():
+        if upstream_kind(value) is not None:
+            del os.environ[name]  # no stray upstream from the machine's environment
+    os.environ.update(env, FLUX_HOME=str(home))
+    runtime = Runtime(ServeOptions(app=str(app), port=free_port(), workers=1,
+                                   server=server.listen, echo_output=False))
+    try:
+        await runtime.start()
+        assert runtime.front is not None
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{runtime.front.port}{target}") as response:
+            assert response.status == 500
+            execution_id = response.headers["x-flux-execution-id"]
+        async with FluxClient(server.listen) as client:
+            await wait_stored(client, execution_id)
+    finally:
+        await runtime.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+    return execution_id

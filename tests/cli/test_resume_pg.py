@@ -7,40 +7,15 @@ import os
 import uuid
 from pathlib import Path
 
-import aiohttp
 import asyncpg
 import pytest
 
-from flux_runtime.serve import Runtime, ServeOptions
-from flux_server.client import FluxClient
-from tests.services import PgCluster, free_port
-from tests.support import Cli, ServerProcess, wait_stored
+from tests.services import PgCluster
+from tests.support import Cli, ServerProcess, record_failure
 
 pytestmark = pytest.mark.deno
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "resume"
-
-
-async def record_failure(app: Path, server: ServerProcess, env: dict[str, str],
-                         target: str, home: Path) -> str:
-    """Serve `app` under the runtime, send it `target` (it fails), wait for the record."""
-    saved = dict(os.environ)
-    os.environ.update(env, FLUX_HOME=str(home))
-    runtime = Runtime(ServeOptions(app=str(app), port=free_port(), workers=1,
-                                   server=server.listen, echo_output=False))
-    try:
-        await runtime.start()
-        async with aiohttp.ClientSession() as http, \
-                http.get(f"http://127.0.0.1:{runtime.front.port}{target}") as response:  # type: ignore[union-attr]
-            assert response.status == 500
-            execution_id = response.headers["x-flux-execution-id"]
-        async with FluxClient(server.listen) as client:
-            await wait_stored(client, execution_id)
-    finally:
-        await runtime.stop()
-        os.environ.clear()
-        os.environ.update(saved)
-    return execution_id
 
 
 async def orders_of(pg: PgCluster, ref: str) -> int:
