@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from typing import Any
 
+from flux_proxy.listener import LoopbackListener
 from flux_proxy.matcher import Match, MatchKind, key_of
 from flux_proxy.model import Exchange, Lifetime, Protocol, RequestTag
 from flux_proxy.replay import ReplayBook
@@ -135,12 +135,15 @@ def _describe(request: dict[str, Any]) -> str:
 
 
 class _ReplayConnection(asyncio.Protocol):
-    def __init__(self, session: RedisReplaySession) -> None:
-        self.session = session
+    def __init__(self, listener: RedisReplayProxy) -> None:
+        self.listener = listener
+        self.session = RedisReplaySession(listener.book, listener.next_connection_id(),
+                                          listener.tag)
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.listener.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -150,31 +153,18 @@ class _ReplayConnection(asyncio.Protocol):
         if self.session.closed:
             self.transport.close()
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listener.connections.discard(self)
 
-class RedisReplayProxy:
+
+class RedisReplayProxy(LoopbackListener):
     """A loopback listener answering Redis clients from a ReplayBook."""
 
     def __init__(self, book: ReplayBook, upstream_var: str = "", host: str = "127.0.0.1",
                  port: int = 0) -> None:
+        super().__init__(host, port)
         self.book = book
         self.upstream_var = upstream_var
-        self.host = host
-        self.port = port
-        self.tag = RequestTag()
-        self._ids = itertools.count(1)
-        self._server: asyncio.Server | None = None
 
-    def set_current_request(self, request_id: str | None) -> None:
-        self.tag.set_current_request(request_id)
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _ReplayConnection(RedisReplaySession(self.book, next(self._ids), self.tag)),
-            self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+    def connection(self) -> asyncio.Protocol:
+        return _ReplayConnection(self)

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import itertools
 from dataclasses import dataclass, field
 
-from flux_proxy.matcher import MatchKind, key_of
-from flux_proxy.model import ExchangeSink, Protocol, RequestTag
+from flux_proxy.listener import LoopbackListener
+from flux_proxy.matcher import Divergence, MatchKind, key_of
+from flux_proxy.model import ExchangeSink, Protocol
 from flux_proxy.replay import ReplayBook
 from flux_proxy.resp.codec import Frame, ProtocolError, RespParser, encode_command
 from flux_proxy.resp.proxy import RedisProxy
@@ -73,9 +72,9 @@ class _LiveLink(asyncio.Protocol):
 
 
 class _ResumeConnection(asyncio.Protocol):
-    def __init__(self, proxy: RedisResumeProxy, connection_id: int) -> None:
+    def __init__(self, proxy: RedisResumeProxy) -> None:
         self.proxy = proxy
-        self.replay = RedisReplaySession(proxy.book, connection_id, proxy.tag)
+        self.replay = RedisReplaySession(proxy.book, proxy.next_connection_id(), proxy.tag)
         self.parser = RespParser(client=True)
         self.state = _SessionState()
         self.transport: asyncio.Transport | None = None
@@ -92,6 +91,7 @@ class _ResumeConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.proxy.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -197,13 +197,14 @@ class _ResumeConnection(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.proxy.connections.discard(self)
         if self.link is not None and self.link.transport is not None:
             self.link.transport.close()
         if self.connecting is not None:
             self.connecting.cancel()
 
 
-class RedisResumeProxy:
+class RedisResumeProxy(LoopbackListener):
     """A loopback listener that answers the durable prefix and goes live after it.
 
     `book` holds the durable prefix as its request checkpoints; `upstream` is the real URL
@@ -212,29 +213,22 @@ class RedisResumeProxy:
 
     def __init__(self, book: ReplayBook, upstream: str, sink: ExchangeSink,
                  host: str = "127.0.0.1") -> None:
+        super().__init__(host)
         self.book = book
         self.live = RedisProxy(upstream, sink)
-        self.host = host
-        self.port = 0
-        self.tag = RequestTag()
-        self.divergences: list = []  # type: ignore[type-arg]
-        self._ids = itertools.count(1)
-        self._server: asyncio.Server | None = None
+        self.divergences: list[Divergence] = []
 
     def set_current_request(self, request_id: str | None) -> None:
-        self.tag.set_current_request(request_id)
+        super().set_current_request(request_id)
         self.live.set_current_request(request_id)
+
+    def connection(self) -> asyncio.Protocol:
+        return _ResumeConnection(self)
 
     async def start(self) -> None:
         await self.live.start()
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _ResumeConnection(self, next(self._ids)), self.host, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        await super().start()
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+        await super().close()
         await self.live.close()

@@ -1,0 +1,51 @@
+"""The loopback listener every replay and resume proxy shares: a request tag, connection ids,
+and a close that drops the clients it still has (a replay must not wait on an idle pool)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from typing import Protocol as TypingProtocol
+
+from flux_proxy.model import RequestTag
+
+
+class TrackedConnection(TypingProtocol):
+    transport: asyncio.Transport | None
+
+
+class LoopbackListener:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.tag = RequestTag()
+        self.connections: set[TrackedConnection] = set()
+        self._ids = itertools.count(1)
+        self._server: asyncio.Server | None = None
+
+    def set_current_request(self, request_id: str | None) -> None:
+        self.tag.set_current_request(request_id)
+
+    def next_connection_id(self) -> int:
+        return next(self._ids)
+
+    def connection(self) -> asyncio.Protocol:
+        """A protocol object for one new client connection."""
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self.connection, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
