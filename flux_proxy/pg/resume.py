@@ -10,11 +10,10 @@ connection: a client of that proxy, opened the first time it is needed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 
+from flux_proxy.listener import LoopbackListener
 from flux_proxy.matcher import Divergence
-from flux_proxy.model import ExchangeSink, Lifetime, Protocol, RequestTag
+from flux_proxy.model import ExchangeSink, Lifetime, Protocol
 from flux_proxy.pg.proxy import PgRecordProxy
 from flux_proxy.pg.replay_catalog import PgCatalog
 from flux_proxy.pg.resume_session import PgResumeSession
@@ -128,7 +127,7 @@ class _ResumeConnection(asyncio.Protocol):
             self.transport.close()
 
 
-class PgResumeProxy:
+class PgResumeProxy(LoopbackListener):
     """A loopback listener that answers the durable prefix and goes live after it.
 
     `book` holds the durable prefix as its request checkpoints (plus the session and connection
@@ -138,41 +137,28 @@ class PgResumeProxy:
 
     def __init__(self, book: ReplayBook, upstream: str, sink: ExchangeSink,
                  host: str = "127.0.0.1") -> None:
+        super().__init__(host)
         self.book = book
         self.live = PgRecordProxy(upstream, sink)
-        self.host = host
-        self.port = 0
-        self.tag = RequestTag()
         self.catalog = PgCatalog(book.exchanges_of(Protocol.POSTGRES, Lifetime))
         self.divergences: list[Divergence] = []
-        self.connections: set[_ResumeConnection] = set()
-        self._ids = itertools.count(1)
-        self._server: asyncio.Server | None = None
 
     def set_current_request(self, request_id: str | None) -> None:
-        self.tag.set_current_request(request_id)
+        super().set_current_request(request_id)
         self.live.set_current_request(request_id)
 
     def session(self) -> PgResumeSession:
         """A new client connection's sans-IO session."""
-        return PgResumeSession(self.book, self.catalog, next(self._ids), self.tag,
+        return PgResumeSession(self.book, self.catalog, self.next_connection_id(), self.tag,
                                self.divergences)
+
+    def connection(self) -> asyncio.Protocol:
+        return _ResumeConnection(self, self.session())
 
     async def start(self) -> None:
         await self.live.start()
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _ResumeConnection(self, self.session()), self.host, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        await super().start()
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for connection in list(self.connections):
-            if connection.transport is not None:
-                connection.transport.abort()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
-            self._server = None
+        await super().close()
         await self.live.close()
