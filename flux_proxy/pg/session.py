@@ -52,10 +52,12 @@ _BATCH_HEAD = frozenset(b"PBDC")
 def _one_batch(frames: list[bytes]) -> bool:
     """[Parse|Bind|Describe|Close]* Execute Sync: one Execute, so one exchange."""
     head = _BATCH_HEAD
-    return all(frames[i][0] in head for i in range(len(frames) - 2))
+    for i in range(len(frames) - 2):  # noqa: SIM110 - a plain loop: this is the hot path
+        if frames[i][0] not in head:
+            return False
+    return True
 
 
-_DONE = StatementInfo(b"", b"")  # sentinel: every Describe has its reply
 
 class PgSession:
     """Exchange grouping and prepared-statement/portal state for one client connection."""
@@ -348,7 +350,8 @@ class PgSession:
         Names stay bytes (no decoding on this path); the unnamed ones are the common case.
         Returns the statement the exchange's last Parse created, if any.
         """
-        describes: list[StatementInfo | None] = []
+        described: list[tuple[int, StatementInfo | None]] | None = None  # (ordinal, stmt)
+        n_describes = 0
         parsed_here: StatementInfo | None = None
         statements = self.statements
         portals = self.portals
@@ -370,29 +373,44 @@ class PgSession:
                 ex.bind = frame
             elif t == _D:
                 if frame[5] == _S:
-                    describes.append(statements.get(frame[6:-1]))
-                else:
-                    describes.append(None)
+                    if described is None:
+                        described = []
+                    described.append((n_describes, statements.get(frame[6:-1])))
+                n_describes += 1
             elif t == _E:
                 portal = portals.get(frame[5:frame.index(0, 5)] if frame[5] else b"")
                 if portal is not None:
                     ex.bind, ex.statement = portal
             elif t == _C:
                 (statements if frame[5] == _S else portals).pop(frame[6:-1], None)
-        if any(describes):
-            pending = iter(describes)
-            target = next(pending)
-            for frame in ex.server_frames:
-                t = frame[0]
-                if t == _PARAMS and target is not None:
-                    target.param_description = frame
-                elif t in (_T, _NODATA):
-                    if target is not None:
-                        target.row_description = frame if t == _T else None
-                    target = next(pending, _DONE)
-                    if target is _DONE:
-                        break
+        if described is not None:
+            self._attach_descriptions(ex.server_frames, described)
         if self.tx_status == "I" and ex.client_frames[-1][0] == _S:
             self.portals.clear()
         return parsed_here
+
+    @staticmethod
+    def _attach_descriptions(server_frames: list[bytes],
+                             described: list[tuple[int, StatementInfo | None]]) -> None:
+        """Give each described statement its ParameterDescription and RowDescription/NoData.
+
+        Replies come in Describe order: every Describe gets one RowDescription or NoData, and
+        a statement Describe a ParameterDescription before it.
+        """
+        pending = iter(described)
+        ordinal, target = next(pending)
+        seen = 0
+        for frame in server_frames:
+            t = frame[0]
+            if t == _PARAMS and seen == ordinal and target is not None:
+                target.param_description = frame
+            elif t in (_T, _NODATA):
+                if seen == ordinal:
+                    if target is not None:
+                        target.row_description = frame if t == _T else None
+                    following = next(pending, None)
+                    if following is None:
+                        return
+                    ordinal, target = following
+                seen += 1
 

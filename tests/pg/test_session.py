@@ -296,3 +296,18 @@ def test_function_call_is_one_request_exchange() -> None:
     assert ex.lifetime == Lifetime.REQUEST and not ex.failed
     assert ex.request["function_oid"] == 1598 and ex.request["param_formats"] == [1]
     assert ex.response["tx_status"] == "I"
+
+
+def test_describe_replies_attach_to_the_right_statement() -> None:
+    h = Harness()
+    h.client(m.Parse("s1", "SELECT $1::int4 AS a"), m.Bind("", "s1", (), (b"1",), ()),
+             m.Describe("P", ""), m.Parse("s2", "SELECT 'x' AS b"), m.Describe("S", "s2"),
+             m.Describe("S", "s1"), m.Sync())
+    h.server(m.ParseComplete(), m.BindComplete(), rows_of(("a", INT4)), m.ParseComplete(),
+             m.ParameterDescription(()), rows_of(("b", TEXT)),
+             m.ParameterDescription((INT4,)), rows_of(("a", INT4)), m.ReadyForQuery("I"))
+    s1, s2 = h.session.statements[b"s1"], h.session.statements[b"s2"]
+    assert s2.param_description == m.ParameterDescription(()).encode()
+    assert s2.row_description == rows_of(("b", TEXT)).encode()
+    assert s1.param_description == m.ParameterDescription((INT4,)).encode()
+    assert s1.row_description == rows_of(("a", INT4)).encode()
