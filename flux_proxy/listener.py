@@ -49,3 +49,33 @@ class LoopbackListener:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
             self._server = None
+
+
+class SansIOSession(TypingProtocol):
+    closed: bool
+
+    def receive(self, data: bytes) -> bytes: ...
+
+
+class SessionConnection(asyncio.Protocol):
+    """One client of a replay listener: bytes into the sans-IO session, its answers back."""
+
+    def __init__(self, listener: LoopbackListener, session: SansIOSession) -> None:
+        self.listener = listener
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.listener.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        answer = self.session.receive(data)
+        if answer:
+            self.transport.write(answer)
+        if self.session.closed:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listener.connections.discard(self)

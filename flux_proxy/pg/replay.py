@@ -8,35 +8,13 @@ from __future__ import annotations
 
 import asyncio
 
-from flux_proxy.listener import LoopbackListener
+from flux_proxy.listener import LoopbackListener, SessionConnection
 from flux_proxy.model import Lifetime, Protocol
 from flux_proxy.pg.replay_catalog import PgCatalog
 from flux_proxy.pg.replay_session import PgReplaySession
 from flux_proxy.replay import ReplayBook
 
 __all__ = ["PgReplayProxy", "PgReplaySession"]
-
-
-class _ReplayConnection(asyncio.Protocol):
-    def __init__(self, proxy: PgReplayProxy, session: PgReplaySession) -> None:
-        self.proxy = proxy
-        self.session = session
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.proxy.connections.add(self)
-
-    def data_received(self, data: bytes) -> None:
-        assert self.transport is not None
-        answer = self.session.receive(data)
-        if answer:
-            self.transport.write(answer)
-        if self.session.closed:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.proxy.connections.discard(self)
 
 
 class PgReplayProxy(LoopbackListener):
@@ -54,4 +32,4 @@ class PgReplayProxy(LoopbackListener):
         return PgReplaySession(self.book, self.catalog, self.next_connection_id(), self.tag)
 
     def connection(self) -> asyncio.Protocol:
-        return _ReplayConnection(self, self.session())
+        return SessionConnection(self, self.session())

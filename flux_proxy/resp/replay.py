@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import Any
 
-from flux_proxy.listener import LoopbackListener
+from flux_proxy.listener import LoopbackListener, SessionConnection
 from flux_proxy.matcher import Match, MatchKind, key_of
 from flux_proxy.model import Exchange, Lifetime, Protocol, RequestTag
 from flux_proxy.replay import ReplayBook
@@ -134,29 +134,6 @@ def _describe(request: dict[str, Any]) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-class _ReplayConnection(asyncio.Protocol):
-    def __init__(self, listener: RedisReplayProxy) -> None:
-        self.listener = listener
-        self.session = RedisReplaySession(listener.book, listener.next_connection_id(),
-                                          listener.tag)
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.listener.connections.add(self)
-
-    def data_received(self, data: bytes) -> None:
-        assert self.transport is not None
-        answer = self.session.receive(data)
-        if answer:
-            self.transport.write(answer)
-        if self.session.closed:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.listener.connections.discard(self)
-
-
 class RedisReplayProxy(LoopbackListener):
     """A loopback listener answering Redis clients from a ReplayBook."""
 
@@ -167,4 +144,5 @@ class RedisReplayProxy(LoopbackListener):
         self.upstream_var = upstream_var
 
     def connection(self) -> asyncio.Protocol:
-        return _ReplayConnection(self)
+        return SessionConnection(
+            self, RedisReplaySession(self.book, self.next_connection_id(), self.tag))
