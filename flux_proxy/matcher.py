@@ -18,6 +18,7 @@ from typing import Any
 from flux_proxy.model import Exchange, Lifetime, Protocol
 
 _WHITESPACE = re.compile(r"\s+")
+_COMMENT_TOKENS = frozenset({"SQL_COMMENT", "C_COMMENT"})
 _LITERAL_TOKENS = frozenset({"ICONST", "FCONST", "SCONST", "BCONST", "XCONST", "USCONST"})
 
 
@@ -66,9 +67,13 @@ def collapse_whitespace(sql: str) -> str:
 def _sql_shape(sql: str) -> tuple[str, tuple[str, ...]]:
     """(statement key, inline literals) of a simple-protocol query.
 
-    Queries with inline literals are keyed by their pglast fingerprint so that only the
-    literals can differ; the literals become the parameters. Queries pglast cannot parse, or
-    without literals, are keyed by their whitespace-collapsed text.
+    Queries with inline literals are keyed by their token shape: the literals become `?` and
+    the parameters, keywords are upper-cased and unquoted names lower-cased, so only the
+    literals (and spacing, case, comments) can differ. This is finer than the pglast
+    fingerprint, which also equates other target lists and aliases (`SELECT 42 AS extra` and
+    `SELECT 1 AS one, 'two' AS two` share one), so a replay would answer one with the
+    other's rows. Queries pglast cannot scan, or without literals, are keyed by their
+    whitespace-collapsed text.
     """
     from pglast import parser
 
@@ -77,9 +82,18 @@ def _sql_shape(sql: str) -> tuple[str, tuple[str, ...]]:
         literals = tuple(sql[t.start : t.end + 1] for t in tokens if t.name in _LITERAL_TOKENS)
         if not literals:
             return collapse_whitespace(sql), ()
-        return "fingerprint:" + parser.fingerprint(sql), literals
+        return " ".join(_token_shape(sql[t.start : t.end + 1], t.name, t.kind)
+                        for t in tokens if t.name not in _COMMENT_TOKENS), literals
     except Exception:  # pglast raises its own ParseError and, on odd input, others
         return collapse_whitespace(sql), ()
+
+
+def _token_shape(text: str, name: str, kind: str) -> str:
+    if name in _LITERAL_TOKENS:
+        return "?"
+    if kind != "NO_KEYWORD":
+        return text.upper()
+    return text if text.startswith('"') else text.lower()
 
 
 def request_key(exchange: Exchange) -> RequestKey:
@@ -92,7 +106,7 @@ def key_of(protocol: Protocol, request: dict[str, Any]) -> RequestKey:
         args = request.get("args", [])
         return RequestKey(protocol, str(request.get("command", "")).upper(),
                           tuple((f"arg {i}", _freeze(a)) for i, a in enumerate(args, 1)))
-    sql = request.get("sql", "")
+    sql = request.get("sql") or ""
     params = request.get("params") or []
     if params or not request.get("simple", "portal" not in request):
         return RequestKey(protocol, collapse_whitespace(sql),

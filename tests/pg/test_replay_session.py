@@ -238,3 +238,19 @@ def test_a_statement_prepared_outside_the_recording_is_described_from_its_execut
                          m.Execute("", 0), m.Sync())
     assert answer[1] == m.DataRow((b"42",))
     assert client.book.replayed[0].match.kind is MatchKind.EXACT
+
+
+def test_simple_queries_differing_only_in_literals_diverge_and_others_miss() -> None:
+    """Inline literals are parameters; a query of another shape is another query, even where
+    pglast's fingerprint equates them (more VALUES rows, other target lists or aliases)."""
+    client = Client()
+    client.start()
+    client.send(m.Query("BEGIN"))
+    answer = client.send(m.Query("insert into t values (2,   'one')"))
+    assert kinds(answer) == ["CommandComplete", "ReadyForQuery"]
+    diverged = client.book.replayed[-1]
+    assert [(d.field, d.expected, d.actual) for d in diverged.match.divergences] == [
+        ("literal #1", "1", "2")]
+    answer = client.send(m.Query("INSERT INTO t VALUES (1, 'one'), (2, 'two')"))
+    assert error_of(answer).sqlstate == "FX001"
+    assert client.book.replayed[-1].match.kind is MatchKind.MISS
