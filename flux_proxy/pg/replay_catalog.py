@@ -276,10 +276,7 @@ class PgCatalog:
         return found
 
     def catalog_read(self, key: RequestKey, sql: str) -> Exchange | None:
-        """A recorded catalog read of this SQL: with the same parameters if any, else the
-        first (type lookups are answered as often as the driver asks)."""
-        recorded = self.catalog_reads.get(sql, [])
-        for candidate_key, exchange in recorded:
-            if candidate_key == key:
-                return exchange
-        return recorded[0][1] if recorded else None
+        """A recorded catalog read of this SQL with these parameters (type lookups are
+        answered as often as the driver asks; other parameters are not this lookup)."""
+        return next((exchange for candidate, exchange in self.catalog_reads.get(sql, [])
+                     if candidate == key), None)
