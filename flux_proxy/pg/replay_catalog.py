@@ -6,7 +6,9 @@ Built once per replay proxy from the recorded exchanges' raw frames (the source 
 * the statement catalog, per SQL text: did its Parse succeed (or the error it got), its
   ParameterDescription (per the Parse's parameter types) and its RowDescription or NoData.
   Statement names are resolved while walking each recorded connection, and forgotten: the
-  client names its statements as it likes in replay;
+  client names its statements as it likes in replay. A statement prepared before the
+  recording (cached by a pooled connection in an earlier request) is known from what its
+  Execute's semantics kept: the described parameter types and the columns;
 * catalog reads (driver type lookups, CONNECTION lifetime), answered as often as asked.
 
 `split_replies` pairs each recorded client message with the server frames that answered it,
