@@ -19,6 +19,7 @@ match keys of the same request recorded and replayed are equal.
 
 from __future__ import annotations
 
+import struct
 import time
 from typing import Any
 
@@ -114,7 +115,11 @@ class PgReplaySession:
             self._close_with(error_response("FATAL", "08P01", f"invalid frontend message: {exc}"))
             return
         for frame in frames:
-            self._message(frame)
+            try:
+                self._message(frame)
+            except (ProtocolError, ValueError, IndexError, struct.error) as exc:
+                self._close_with(error_response(
+                    "FATAL", "08P01", f"invalid frontend message {chr(frame[0])!r}: {exc}"))
             if self.closed:
                 return
 

@@ -254,3 +254,19 @@ def test_simple_queries_differing_only_in_literals_diverge_and_others_miss() -> 
     answer = client.send(m.Query("INSERT INTO t VALUES (1, 'one'), (2, 'two')"))
     assert error_of(answer).sqlstate == "FX001"
     assert client.book.replayed[-1].match.kind is MatchKind.MISS
+
+
+def test_malformed_messages_get_a_fatal_error_never_an_exception() -> None:
+    import random
+
+    rng = random.Random(7)
+    for _ in range(300):
+        client = Client()
+        client.start()
+        kind = rng.choice(b"PBDCEQSHFdcf")
+        body = bytes(rng.randrange(256) for _ in range(rng.randrange(12)))
+        frame = bytes([kind]) + (len(body) + 4).to_bytes(4, "big") + body
+        answer = client.session.receive(frame + m.Sync().encode())
+        for message in BackendParser().feed_messages(answer):
+            if isinstance(message, m.ErrorResponse) and message.severity == "FATAL":
+                assert message.sqlstate == "08P01" and client.session.closed
