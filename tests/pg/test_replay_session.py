@@ -76,6 +76,7 @@ def test_handshake_answers_the_recorded_greeting_on_any_number_of_connections() 
     greeting = recorded()[0].server_frames
     for _ in range(3):
         client = Client(book)
+        assert client.session.receive(m.GSSENCRequest().encode()) == b"N"
         assert client.session.receive(m.SSLRequest().encode()) == b"N"
         assert client.session.receive(STARTUP.encode()) == b"".join(greeting)
     answer = Client(book).start()
