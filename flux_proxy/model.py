@@ -33,8 +33,10 @@ class Source(StrEnum):
     LIVE = "live"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Exchange:
+    """Compared by identity: equality by value would decode lazily built semantic fields."""
+
     protocol: Protocol
     connection: int  # proxy-assigned connection id, unique per listener
     seq: int  # per-connection sequence number
@@ -67,6 +69,7 @@ class Exchange:
         if frames:
             out["request_id"] = self.request_id
             out["started_at"] = self.started_at
+            out["failed"] = self.failed
             out["frames"] = {
                 "client": [base64.b64encode(f).decode() for f in self.client_frames],
                 "server": [base64.b64encode(f).decode() for f in self.server_frames],
@@ -90,7 +93,7 @@ class Exchange:
             request=doc.get("request", {}),
             response=doc.get("response", {}),
             source=Source(doc["source"]) if doc.get("source") else None,
-            failed=bool(doc.get("response", {}).get("error")),
+            failed=bool(doc.get("failed", (doc.get("response") or {}).get("error"))),
         )
 
 
