@@ -33,9 +33,10 @@ class Source(StrEnum):
     LIVE = "live"
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True)
 class Exchange:
-    """Compared by identity: equality by value would decode lazily built semantic fields."""
+    """Compared by value (records round-trip through proto and JSON); nothing on the hot path
+    compares exchanges, so lazily built semantic fields are only decoded where tests ask."""
 
     protocol: Protocol
     connection: int  # proxy-assigned connection id, unique per listener
