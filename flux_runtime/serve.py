@@ -16,14 +16,12 @@ from typing import Any
 
 from flux_proxy.urls import BadUpstreamURL, discover_upstreams, proxy_url, redact
 from flux_runtime.front import Front
-from flux_runtime.pool import PoolHooks, WorkerPool
+from flux_runtime.pool import DEFAULT_WORKERS, PoolHooks, WorkerPool
 from flux_runtime.recorder import SlotRecorder
 from flux_runtime.shipper import Batch, Shipper, Spool
 from flux_runtime.worker import WorkerSlotSettings
 from flux_server.client import FluxClient, server_address
 from flux_server.records import Execution, Outcome
-
-DEFAULT_WORKERS = 2
 
 
 class ServeError(Exception):
