@@ -16,17 +16,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._wrk import Figures, wrk
 from flux_runtime.deno import deno_binary
 from flux_server.client import FluxClient
 from tests.services import PgCluster, RedisServer, free_port, wait_for_port
@@ -34,41 +33,6 @@ from tests.services import PgCluster, RedisServer, free_port, wait_for_port
 APP = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "apps" / "bench_pg_redis.ts"
 FLUX = Path(sys.executable).parent / "flux"
 DENO_DIR = os.environ.get("FLUX_TEST_DENO_DIR", str(Path.home() / ".cache" / "flux" / "deno"))
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-@dataclass
-class Figures:
-    label: str
-    requests_per_second: float
-    p50_ms: float
-    p99_ms: float
-    errors: str
-    requests: int = 0
-    flux_cpu_us: float = float("nan")  # the flux process's CPU per request
-    app_cpu_us: float = float("nan")  # the Deno processes' CPU per request
-
-
-def milliseconds(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    return float(match.group(1)) * UNITS[match.group(2)] if match else float("nan")
-
-
-async def wrk(label: str, url: str, duration: int, connections: int) -> Figures:
-    threads = min(2, connections)
-    process = await asyncio.create_subprocess_exec(
-        "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out = (await process.communicate())[0].decode()
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
-    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
-    errors = re.search(r"(Non-2xx or 3xx responses: \d+|Socket errors: .*)", out)
-    total = re.search(r"(\d+) requests in", out)
-    return Figures(label, float(rps.group(1)) if rps else 0.0,
-                   milliseconds(p50.group(1)) if p50 else float("nan"),
-                   milliseconds(p99.group(1)) if p99 else float("nan"),
-                   errors.group(1) if errors else "", int(total.group(1)) if total else 0)
 
 
 def cpu_seconds(pid: int) -> float:

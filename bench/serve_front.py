@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import resource
+import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._wrk import Figures, wrk
 from flux_runtime.deno import deno_binary, deno_dir
 from flux_runtime.front import Front
 from flux_runtime.pool import WorkerPool
@@ -32,39 +34,6 @@ Deno.serve({ port, hostname: "127.0.0.1", onListen() {} }, async () => {
   return new Response("ok", { headers: { "content-type": "text/plain" } });
 });
 """
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-@dataclass
-class Figures:
-    label: str
-    requests_per_second: float
-    p50_ms: float
-    p99_ms: float
-    errors: str
-    requests: int = 0
-    front_cpu_us: float = float("nan")  # CPU of the Flux process per request
-
-
-def milliseconds(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    return float(match.group(1)) * UNITS[match.group(2)] if match else float("nan")
-
-
-async def wrk(label: str, url: str, duration: int, connections: int) -> Figures:
-    process = await asyncio.create_subprocess_exec(
-        "wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out = (await process.communicate())[0].decode()
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
-    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
-    errors = re.search(r"(Non-2xx or 3xx responses: \d+|Socket errors: .*)", out)
-    total = re.search(r"(\d+) requests in", out)
-    return Figures(label, float(rps.group(1)) if rps else 0.0,
-                   milliseconds(p50.group(1)) if p50 else float("nan"),
-                   milliseconds(p99.group(1)) if p99 else float("nan"),
-                   errors.group(1) if errors else "", int(total.group(1)) if total else 0)
 
 
 def cpu_seconds() -> float:
@@ -105,7 +74,7 @@ async def through_flux(app: Path, workers: int, duration: int, connections: int,
     try:
         before = cpu_seconds()
         figures = await wrk(f"flux, {workers} worker(s)", front.url + "/", duration, connections)
-        figures.front_cpu_us = (cpu_seconds() - before) / max(figures.requests, 1) * 1e6
+        figures.flux_cpu_us = (cpu_seconds() - before) / max(figures.requests, 1) * 1e6
         return figures
     finally:
         await front.stop()
@@ -132,7 +101,7 @@ async def main(args: argparse.Namespace) -> None:
           "  errors")
     for row in rows:
         ratio = row.requests_per_second / max(base.requests_per_second, 1e-9)
-        cpu = "" if row.front_cpu_us != row.front_cpu_us else f"{row.front_cpu_us:.0f} us"
+        cpu = "" if row.flux_cpu_us != row.flux_cpu_us else f"{row.flux_cpu_us:.0f} us"
         print(f"{row.label:24} {row.requests_per_second:9.0f} {ratio:6.2f} {row.p50_ms:8.2f} "
               f"{row.p99_ms:8.2f} {cpu:>13}  {row.errors}")
 
