@@ -8,6 +8,7 @@ every exchange lands in exactly one request, or in the worker's boot record.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ def make_recording_proxy(upstream: str, sink: ExchangeSink) -> RecordingProxy:
 
     return RedisProxy(upstream, sink)
 
+
+log = logging.getLogger("flux.recorder")
 
 TAKEN_KEPT = 32  # finished executions per slot that can still receive late exchanges
 # A boot record is shipped once, when its worker is ready; IO between requests (pool
@@ -87,12 +90,19 @@ class SlotRecorder:
                 self.boot.exchanges.append(exchange)
             else:
                 self.boot_dropped += 1
+                if self.boot_dropped == 1:
+                    log.warning("flux: worker slot %d: more than %d exchanges outside requests "
+                                "(timers, keep-alives); later ones are not recorded",
+                                self.index, self.boot_cap)
         elif request_id in self.taken:
             self.taken[request_id].append(exchange)
         elif request_id in self.by_request or request_id == self.current:
             self.by_request.setdefault(request_id, []).append(exchange)
         else:
             self.late_dropped += 1
+            log.warning("flux: a %s exchange finished after its request's record was shipped "
+                        "(%d so far); it is not recorded", exchange.protocol.value,
+                        self.late_dropped)
 
     def new_boot(self, boot_id: str, worker_id: str, app_path: str) -> BootRecord:
         self.boot = BootRecord(id=boot_id, worker_id=worker_id, app_path=app_path,
