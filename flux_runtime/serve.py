@@ -108,16 +108,6 @@ class Runtime:
     def _hooks(self) -> PoolHooks:
         redacted = {var: redact(url) for var, url in self.upstreams.items()}  # once per serve
 
-        def starting(worker: Any) -> None:
-            self.slots[worker.index].new_boot(worker.boot_id, worker.id, str(self.app))
-
-        def ready(worker: Any) -> None:
-            boot = self.slots[worker.index].boot
-            if boot is not None:
-                # `worker_starting` runs before Worker.start() draws this process's boot id,
-                # so the record is named here, under the id every execution will reference.
-                boot.id = worker.boot_id
-
         def ship_boot(slot: SlotRecorder) -> None:
             """The boot record goes with the worker's first execution, not at readiness: a
             driver that connects in the background (ioredis's INFO ready check) is often
@@ -126,6 +116,11 @@ class Runtime:
             if boot is not None and not slot.boot_shipped and self.shipper is not None:
                 slot.boot_shipped = True
                 self.shipper.submit_boot(boot)
+
+        def starting(worker: Any) -> None:
+            slot = self.slots[worker.index]
+            ship_boot(slot)  # a process that died on its first request still had a boot
+            slot.new_boot(worker.boot_id, worker.id, str(self.app))
 
         def before(worker: Any, execution_id: str) -> None:
             self.slots[worker.index].tag(execution_id)
@@ -147,7 +142,7 @@ class Runtime:
                 return  # --sample: errors and 5xx are always kept
             self.shipper.submit_execution(execution)
 
-        return PoolHooks(worker_starting=starting, worker_ready=ready, before_dispatch=before,
+        return PoolHooks(worker_starting=starting, before_dispatch=before,
                          after_completion=after, on_execution=finished)
 
     async def stop(self) -> None:
