@@ -116,6 +116,11 @@ class SlotRecorder:
         for proxy in self.proxies.values():
             proxy.set_current_request(execution_id)
 
+    def sealed(self, execution_ids: set[str]) -> None:
+        """These records have left memory: an exchange of theirs that finishes now is late."""
+        for execution_id in execution_ids & self.taken.keys():
+            del self.taken[execution_id]
+
     def take(self, execution_id: str) -> list[Exchange]:
         exchanges = self.by_request.pop(execution_id, [])
         self.taken[execution_id] = exchanges

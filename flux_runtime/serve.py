@@ -79,7 +79,12 @@ class Runtime:
         async def send(batch: Batch) -> None:
             await client.record_batch(batch.executions, batch.boots)
 
-        self.shipper = Shipper(send, Spool(flux_home() / "spool"))
+        def sealed(batch: Batch) -> None:
+            ids = {e.id for e in batch.executions}
+            for slot in self.slots:
+                slot.sealed(ids)
+
+        self.shipper = Shipper(send, Spool(flux_home() / "spool"), on_sealed=sealed)
         self.shipper.start()
         self.slots = [SlotRecorder(i, self.upstreams) for i in range(self.options.workers)]
         for slot in self.slots:

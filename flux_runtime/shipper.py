@@ -81,13 +81,17 @@ class Spool:
 
 class Shipper:
     def __init__(self, send: SendBatch, spool: Spool, *, flush_interval: float = 0.2,
-                 max_batch: int = 500, retry_interval: float = 1.0) -> None:
+                 max_batch: int = 500, retry_interval: float = 1.0,
+                 on_sealed: Callable[[Batch], None] | None = None) -> None:
         self._send = send
         self.spool = spool
         self._flush_interval = flush_interval
         self._max_batch = max_batch
         self._retry_interval = retry_interval
+        self._on_sealed = on_sealed  # told which records left memory, so nothing is added late
         self._pending = Batch()
+        self._in_flight: Batch | None = None
+        self._spooled = bool(spool.pending())  # skip the spool scan while nothing is there
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -106,7 +110,8 @@ class Shipper:
         self._task = asyncio.create_task(self._run(), name="flux-shipper")
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Send what is pending; spool whatever the server does not take within `timeout`."""
+        """Send what is pending; spool whatever the server does not take within `timeout`,
+        the batch being sent when time ran out included."""
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
@@ -116,12 +121,32 @@ class Shipper:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-        if len(self._pending):
-            self.spool.put(self._take())
+            except Exception as exc:  # _run guards its steps; this is the last resort
+                log.error("flux: the record shipper failed (%s)", exc)
+        left = Batch()
+        for batch in (self._in_flight, self._take()):
+            if batch is not None:
+                left.executions += batch.executions
+                left.boots += batch.boots
+        self._in_flight = None
+        if len(left):
+            await self._put(left)
 
     def _take(self) -> Batch:
         batch, self._pending = self._pending, Batch()
+        if len(batch) and self._on_sealed is not None:
+            self._on_sealed(batch)
         return batch
+
+    async def _put(self, batch: Batch) -> None:
+        """Spool a batch, off the event loop. A spool that cannot be written is said loudly."""
+        try:
+            await asyncio.to_thread(self.spool.put, batch)
+        except OSError as exc:
+            log.error("flux: could not spool %d records to %s (%s); they are lost",
+                      len(batch), self.spool.directory, exc)
+            return
+        self._spooled = True
 
     async def _run(self) -> None:
         next_retry = 0.0
@@ -129,12 +154,22 @@ class Shipper:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._flush_interval)
             self._wakeup.clear()
-            if len(self._pending):
-                batch = self._take()
-                if not await self._deliver(batch):
-                    self.spool.put(batch)
+            try:
+                if len(self._pending):
+                    self._in_flight = self._take()
+                    if not await self._deliver(self._in_flight):
+                        await self._put(self._in_flight)
+                        next_retry = time.monotonic() + self._retry_interval
+                    self._in_flight = None
+                if self._spooled and time.monotonic() >= next_retry \
+                        and not await self._drain_spool():
                     next_retry = time.monotonic() + self._retry_interval
-            if time.monotonic() >= next_retry and not await self._drain_spool():
+            except Exception as exc:  # one failed step must not stop shipping for good
+                log.error("flux: record shipper step failed (%s); retrying", exc)
+                if self._in_flight is not None:
+                    self._pending.executions[:0] = self._in_flight.executions
+                    self._pending.boots[:0] = self._in_flight.boots
+                    self._in_flight = None
                 next_retry = time.monotonic() + self._retry_interval
             if self._closing and not len(self._pending):
                 return
@@ -151,15 +186,20 @@ class Shipper:
 
     async def _drain_spool(self) -> bool:
         """Re-send spooled batches oldest first; False when the server still refuses."""
-        for path in self.spool.pending():
+        paths = await asyncio.to_thread(self.spool.pending)
+        for path in paths:
             try:
-                batch = self.spool.load(path)
+                batch = await asyncio.to_thread(self.spool.load, path)
+            except FileNotFoundError:
+                continue  # another flux serve sharing FLUX_HOME sent it
             except Exception as exc:
                 # A file we cannot read is moved aside, never deleted: records are not lost.
                 log.error("flux: unreadable spool file %s (%s); kept as .bad", path, exc)
-                path.rename(path.with_suffix(".bad"))
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_suffix(".bad"))
                 continue
             if not await self._deliver(batch):
                 return False
-            path.unlink()
+            path.unlink(missing_ok=True)
+        self._spooled = False
         return True
