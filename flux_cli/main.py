@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
+import os
+
 import click
+
+# gRPC's C core logs an info line whenever flux starts a Deno worker (a fork while its threads
+# run); users should see Flux's lines, not that.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from flux_cli.lazy import LazyGroup
 

@@ -81,7 +81,8 @@ def fetch_execution(server: str | None, execution_id: str) -> Execution:
 
 @click.command("logs")
 @filter_options
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000),
+              help="At most 1000 a page; --page gives the next.")
 @click.option("--page", "cursor", default=None, help="Cursor printed after a full page.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of summaries.")
 @server_option

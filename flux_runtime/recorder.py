@@ -56,6 +56,7 @@ class SlotRecorder:
     by_request: dict[str, list[Exchange]] = field(default_factory=dict)
     boot: BootRecord | None = None
     boot_shipped: bool = False
+    boot_used: bool = False  # an execution references the current boot record
     # Exchange lists handed to finished executions, by id: an exchange that completes after
     # its request did (a query the handler did not await) joins its record if that record has
     # not been shipped yet, and never piles up in `by_request` for an id nobody takes again.
@@ -108,6 +109,7 @@ class SlotRecorder:
         self.boot = BootRecord(id=boot_id, worker_id=worker_id, app_path=app_path,
                                started_at=time.time())
         self.boot_shipped = False
+        self.boot_used = False
         return self.boot
 
     def tag(self, execution_id: str | None) -> None:

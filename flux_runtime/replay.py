@@ -21,7 +21,7 @@ from flux_runtime.pool import PoolHooks, WorkerPool
 from flux_runtime.relay import EXECUTION_HEADER
 from flux_runtime.report import IoEntry, ReplayReport
 from flux_runtime.worker import WorkerSlotSettings
-from flux_server.client import FluxClient
+from flux_server.client import FluxClient, NotFound
 from flux_server.records import BootRecord, Execution, Mode
 
 HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection",
@@ -61,7 +61,12 @@ class Recording:
 
 async def fetch_recording(client: FluxClient, execution_id: str) -> Recording:
     execution = await client.get(execution_id)
-    boot = await client.get_boot(execution.boot_id) if execution.boot_id else None
+    boot = None
+    if execution.boot_id:
+        try:
+            boot = await client.get_boot(execution.boot_id)
+        except NotFound:
+            boot = None  # a worker's start-up IO may be gone (retention); replay still runs
     return Recording(execution, boot)
 
 
@@ -129,6 +134,9 @@ def build_report(original: Execution, replayed: Execution, book: ReplayBook,
                  mode: Mode) -> ReplayReport:
     replayed.mode = mode
     replayed.parent_id = original.id
+    # A replay's start-up was answered from the original's boot record; a resume's ran live
+    # and was not recorded. Either way no boot record of the new worker exists.
+    replayed.boot_id = original.boot_id if mode is Mode.REPLAY else None
     replayed.upstreams = dict(original.upstreams)
     report = ReplayReport(original=original, replayed=replayed)
     for entry in book.replayed:

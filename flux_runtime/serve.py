@@ -124,11 +124,14 @@ class Runtime:
 
         def starting(worker: Any) -> None:
             slot = self.slots[worker.index]
-            ship_boot(slot)  # a process that died on its first request still had a boot
+            if slot.boot_used:
+                ship_boot(slot)  # a process that died on its first request still had a boot
             slot.new_boot(worker.boot_id, worker.id, str(self.app))
 
         def before(worker: Any, execution_id: str) -> None:
-            self.slots[worker.index].tag(execution_id)
+            slot = self.slots[worker.index]
+            slot.boot_used = True  # an execution will name this boot
+            slot.tag(execution_id)
 
         def after(worker: Any, execution: Execution) -> None:
             slot = self.slots[worker.index]
@@ -173,7 +176,17 @@ async def serve_forever(options: ServeOptions) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await runtime.start()
+        # Ctrl-C must work while workers are still starting (npm downloads can take minutes).
+        starting = asyncio.ensure_future(runtime.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return
+        stopping.cancel()
+        starting.result()  # a start error propagates as the one-line error it is
         assert runtime.front is not None
         print(f"flux: serving {runtime.app} on http://{options.host}:{runtime.front.port} "
               f"({options.workers} workers)", flush=True)

@@ -349,8 +349,10 @@ class Worker:
             if self._listening is not None and not self._listening.done():
                 self._listening.set_result(int(message.get("port") or 0))
         elif kind == "done":
-            future = self.report(str(message.get("id")))
-            if not future.done():
+            # The pool asks for every report before dispatching; a report nobody waits for
+            # any more (it came after the report timeout) is not kept.
+            future = self._reports.get(str(message.get("id")))
+            if future is not None and not future.done():
                 future.set_result(ShimReport.from_message(message))
         elif kind == "primed":
             primed = self._primed.get(str(message.get("id")))
