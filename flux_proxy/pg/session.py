@@ -208,7 +208,7 @@ class PgSession:
             if t in completes:
                 queue.popleft()
                 if t == _Z:
-                    self.tx_status = chr(frame[5])
+                    self.tx_status = chr(frame[5]) if len(frame) > 5 else self.tx_status
                 ex.pending -= 1
                 if ex.pending == 0 and ex.sealed:
                     ex.last_at = now
@@ -238,7 +238,7 @@ class PgSession:
                 else:
                     ex.server_frames += frames[start:i]
                 self._queue.popleft()
-                self.tx_status = chr(frames[i - 1][5])
+                self.tx_status = chr(frames[i - 1][5]) if len(frames[i - 1]) > 5 else self.tx_status
                 ex.pending = 0
                 ex.last_at = now
                 self._complete(ex)
@@ -332,7 +332,13 @@ class PgSession:
             if self.tx_status == "I" and self.portals:
                 self.portals.clear()
         elif kind == KIND_EXTENDED:
-            parsed_here = self._apply_extended(ex)
+            try:
+                parsed_here = self._apply_extended(ex)
+            except (IndexError, ValueError):
+                # A client message with a sound header but a short body: the server answered
+                # it with an 08P01 error; the exchange is recorded as failed, never lost.
+                parsed_here = None
+                ex.failed = True
             statement = ex.statement
             if not ex.has_execute or (statement is not None and statement.reads_only_catalog()):
                 ex.lifetime = Lifetime.CONNECTION

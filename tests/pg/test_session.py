@@ -311,3 +311,17 @@ def test_describe_replies_attach_to_the_right_statement() -> None:
     assert s2.row_description == rows_of(("b", TEXT)).encode()
     assert s1.param_description == m.ParameterDescription((INT4,)).encode()
     assert s1.row_description == rows_of(("a", INT4)).encode()
+
+
+def test_a_short_client_message_is_recorded_as_failed_not_raised() -> None:
+    """Bind with a 4-byte length and Parse without its NUL: the server answers 08P01."""
+    h = Harness()
+    h.session.client_frames([b"B\x00\x00\x00\x04", m.Sync().encode()], 1.0)
+    h.server(m.ErrorResponse((("S", "ERROR"), ("C", "08P01"), ("M", "invalid message format"))),
+             m.ReadyForQuery("I"))
+    h.session.client_frames([b"P\x00\x00\x00\x06ab", m.Sync().encode()], 3.0)
+    h.server(m.ErrorResponse((("S", "ERROR"), ("C", "08P01"), ("M", "invalid string"))),
+             m.ReadyForQuery("I"))
+    assert len(h.exchanges) == 2
+    assert all(x.failed for x in h.exchanges)
+    assert h.exchanges[0].client_frames[0] == b"B\x00\x00\x00\x04"
