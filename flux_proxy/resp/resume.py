@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from flux_proxy.listener import LoopbackListener
 from flux_proxy.matcher import Divergence, MatchKind, key_of
@@ -38,7 +38,6 @@ class _Slot:
 class _SessionState:
     resp3: bool = False
     db: int = 0
-    setup: list[bytes] = field(default_factory=list)
 
 
 class _LiveLink(asyncio.Protocol):
@@ -84,6 +83,7 @@ class _ResumeConnection(asyncio.Protocol):
         self.outbox: list[bytes] = []  # live commands waiting for the link
         self.slots: collections.deque[_Slot] = collections.deque()
         self.waiting: collections.deque[_Slot] = collections.deque()  # slots owed by the link
+        self.dead: str | None = None  # why the live side is gone, once it is
 
     @property
     def awaiting_live(self) -> bool:
@@ -139,6 +139,9 @@ class _ResumeConnection(asyncio.Protocol):
             self.state.db = int(args[1])
 
     def _send_live(self, raw: bytes) -> None:
+        if self.dead is not None:
+            self.slots.append(_Slot(replay_error(self.dead)))
+            return
         slot = _Slot()
         self.slots.append(slot)
         self.waiting.append(slot)
@@ -175,9 +178,15 @@ class _ResumeConnection(asyncio.Protocol):
         self._flush()
 
     def fail(self, reason: str) -> None:
+        """The live side is gone: what it owed, and everything after, is an error, and the
+        client's connection closes (as with a real server that went away)."""
+        self.dead = reason
+        self.link = None
+        self.outbox.clear()
         while self.waiting:
             self.waiting.popleft().data = replay_error(reason)
         self._flush()
+        self._close()
 
     def _flush(self) -> None:
         out = []
