@@ -116,12 +116,16 @@ class PgReplaySession:
             return
         for frame in frames:
             try:
-                self._message(frame)
+                self._dispatch(frame)
             except (ProtocolError, ValueError, IndexError, struct.error) as exc:
                 self._close_with(error_response(
                     "FATAL", "08P01", f"invalid frontend message {chr(frame[0])!r}: {exc}"))
             if self.closed:
                 return
+
+    def _dispatch(self, frame: bytes) -> None:
+        """One client message; resume routes it between the recording and the server."""
+        self._message(frame)
 
     def _close_with(self, frame: bytes) -> None:
         self._out.append(frame)

@@ -95,17 +95,8 @@ class RecordedSide(PgReplaySession):
         self.greeting: _WatchedGreeting = _WatchedGreeting()
         self.route = route
 
-    def _feed(self, data: bytes) -> None:
-        assert self.frontend is not None
-        try:
-            frames = self.frontend.feed(data)
-        except ProtocolError as exc:
-            self._close_with(error_response("FATAL", "08P01", f"invalid frontend message: {exc}"))
-            return
-        for frame in frames:
-            self.route(frame)
-            if self.closed:
-                return
+    def _dispatch(self, frame: bytes) -> None:
+        self.route(frame)
 
     def message(self, frame: bytes) -> None:
         """Answer one client message from the recording, or raise `GoLive`."""

@@ -108,3 +108,10 @@ def test_start_up_io_goes_live_and_the_request_comes_back_to_the_recording() -> 
                                + bind(b"1") + EXECUTE + SYNC)
     assert kinds(answered) == "1tnZ2CZ"
     assert session.take_live() == b"" and not session.live_for_good
+
+
+def test_a_malformed_client_message_is_answered_fatal_08p01_not_raised() -> None:
+    session, _ = started()
+    answer = session.receive(b"B\x00\x00\x00\x05\x00")  # a Bind cut short
+    assert kinds(answer) == "E" and b"08P01" in answer
+    assert session.closed
