@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
+import functools
 import getpass
 import hashlib
 import hmac
@@ -120,6 +122,14 @@ def md5_password(user: str, password: str, salt: bytes) -> str:
     return "md5" + hashlib.md5(inner.encode() + salt).hexdigest()
 
 
+@functools.lru_cache(maxsize=64)
+def salted_password(password: str, salt: str, iterations: int) -> bytes:
+    """PBKDF2 costs milliseconds on the event loop; a role's salt does not change, so each
+    (password, salt, iterations) is derived once per process, not once per connection."""
+    return hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt, validate=True),
+                               iterations)
+
+
 class ScramClient:
     """SCRAM-SHA-256 without channel binding (RFC 5802/7677), as libpq does."""
 
@@ -138,8 +148,10 @@ class ScramClient:
         nonce, salt, iterations = attrs.get("r", ""), attrs.get("s", ""), attrs.get("i", "")
         if not nonce.startswith(self.nonce) or not salt or not iterations.isdigit():
             raise UpstreamError("the server's SCRAM challenge is invalid")
-        salted = hashlib.pbkdf2_hmac("sha256", self.password.encode(), base64.b64decode(salt),
-                                     int(iterations))
+        try:
+            salted = salted_password(self.password, salt, int(iterations))
+        except binascii.Error as exc:
+            raise UpstreamError("the server's SCRAM salt is not base64") from exc
         client_key = hmac.digest(salted, b"Client Key", "sha256")
         stored_key = hashlib.sha256(client_key).digest()
         without_proof = f"c=biws,r={nonce}"
@@ -304,7 +316,11 @@ async def _open(config: UpstreamConfig, want_tls: bool
     if not want_tls or config.unix_socket:
         return transport, collector, False  # type: ignore[return-value]
     transport.write(m.SSLRequest().encode())
-    await collector.wait()
+    try:
+        await collector.wait()
+    except BaseException:  # a timeout or cancellation must not leave the socket open
+        transport.close()
+        raise
     answer = collector.take()
     if answer[:1] == b"S" and len(answer) == 1:
         ctx = config.ssl_context()
@@ -361,6 +377,9 @@ async def _connect(config: UpstreamConfig, client_params: dict[str, str],
         except ProtocolError as exc:
             transport.close()
             raise UpstreamError(f"upstream sent malformed data: {exc}") from exc
+        except BaseException:  # timeout, cancellation, a malformed SCRAM salt: no leak
+            transport.close()
+            raise
     raise AssertionError("unreachable")
 
 
@@ -389,7 +408,9 @@ async def send_cancel(config: UpstreamConfig, key: m.BackendKeyData) -> None:
         async with asyncio.timeout(config.connect_timeout):
             want_tls = config.sslmode in ("prefer", "require", "verify-ca", "verify-full")
             transport, collector, _ = await _open(config, want_tls)
-            transport.write(m.CancelRequest(key.process_id, key.secret_key).encode())
-            with contextlib.suppress(UpstreamError):
-                await collector.wait()  # the server closes the connection when done
-            transport.close()
+            try:
+                transport.write(m.CancelRequest(key.process_id, key.secret_key).encode())
+                with contextlib.suppress(UpstreamError):
+                    await collector.wait()  # the server closes the connection when done
+            finally:
+                transport.close()
