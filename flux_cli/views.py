@@ -14,14 +14,12 @@ from flux_cli import loop, render
 from flux_cli.errors import FluxError, one_line_errors
 from flux_cli.why import diagnose
 from flux_server.client import (
-    AmbiguousId,
     AuthenticationFailed,
     FluxClient,
     FluxClientError,
-    NotFound,
     ServerUnavailable,
 )
-from flux_server.filters import ExecutionFilter, FilterError, parse_time
+from flux_server.filters import ExecutionFilter, FilterError
 from flux_server.records import Execution, Mode
 
 T = TypeVar("T")
@@ -52,10 +50,8 @@ def filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def build_filter(status: str | None, path: str | None, method: str | None, since: str | None,
                  search: str | None, mode: str | None) -> ExecutionFilter:
     try:
-        flt = ExecutionFilter(path=path or None, method=method or None,
-                              since=parse_time(since) if since else None,
-                              search=search or None, mode=Mode(mode) if mode else None)
-        return flt.with_status(status) if status else flt
+        return ExecutionFilter.from_options(status=status, path=path, method=method,
+                                            since=since, search=search, mode=mode)
     except FilterError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -67,11 +63,7 @@ def run_with_client(server: str | None, work: Callable[[FluxClient], Awaitable[T
 
     try:
         return loop.run(main())
-    except ServerUnavailable as exc:
-        raise FluxError(str(exc)) from None
-    except AmbiguousId as exc:
-        raise FluxError(str(exc)) from None  # its message lists the candidates
-    except (NotFound, AuthenticationFailed, FluxClientError) as exc:
+    except FluxClientError as exc:  # one line; an ambiguous id's message lists candidates
         raise FluxError(str(exc)) from None
 
 

@@ -12,10 +12,10 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from flux_proxy.model import Exchange, ExchangeSink
-from flux_proxy.urls import proxy_url, redact, upstream_kind
+from flux_proxy.urls import proxy_url, upstream_kind
 from flux_server.records import BootRecord
 
 
@@ -129,11 +129,3 @@ class SlotRecorder:
         while len(self.taken) > TAKEN_KEPT:
             self.taken.popitem(last=False)
         return exchanges
-
-
-def redacted_upstreams(upstreams: dict[str, str]) -> dict[str, str]:
-    return {var: redact(url) for var, url in upstreams.items()}
-
-
-def worker_boot_id(worker: Any) -> str:
-    return str(getattr(worker, "boot_id", "") or "")

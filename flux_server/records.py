@@ -92,18 +92,6 @@ class Execution:
         """DESIGN.md: error when the handler threw (or logged an Error), or status >= 500."""
         return Outcome.ERROR if self.error is not None or self.status >= 500 else Outcome.OK
 
-    def summary_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "started_at": iso(self.started_at),
-            "method": self.method,
-            "path": self.path,
-            "status": self.status,
-            "outcome": self.outcome.value,
-            "duration_ms": round(self.duration * 1000, 3),
-            "error_message": self.error.message if self.error else None,
-        }
-
     def to_json(self) -> dict[str, Any]:
         """The execution JSON shape of DESIGN.md (`trace --json`)."""
         return {
