@@ -8,14 +8,7 @@ import click
 
 from flux_cli import loop
 from flux_cli.errors import FluxError, one_line_errors
-from flux_proxy.urls import proxy_url, upstream_kind
-
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise click.BadParameter("expected HOST:PORT", param_hint="--listen")
-    return host, int(port)
+from flux_proxy.urls import proxy_url, split_listen, upstream_kind
 
 
 @click.command("proxy")
@@ -31,7 +24,10 @@ def proxy_command(kind: str, upstream: str, listen: str, record_path: str | None
     want = "pg" if kind == "pg" else "redis"
     if upstream_kind(upstream) != want:
         raise FluxError(f"--upstream is not a {'postgres' if want == 'pg' else 'redis'}:// URL")
-    host, port = _split_listen(listen)
+    try:
+        host, port = split_listen(listen)
+    except ValueError:
+        raise click.BadParameter("expected HOST:PORT", param_hint="--listen") from None
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise FluxError("the proxy listens on loopback only (it holds the real credentials)")
     if kind == "pg":

@@ -62,3 +62,11 @@ def redact(url: str) -> str:
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def split_listen(listen: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """`HOST:PORT`, `[::1]:PORT`, `:PORT` or `PORT` -> (host, port); ValueError otherwise."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT, not {listen!r}")
+    return host.strip("[]") or default_host, int(port)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 
+from flux_proxy.urls import split_listen
 from flux_server.gen import flux_pb2_grpc as pb_grpc
 from flux_server.service import FluxService
 from flux_server.store import Store, StoreUnavailable, create_store, resolve_database_url
@@ -32,11 +33,13 @@ class ServerStartError(Exception):
 
 
 def split_host_port(listen: str) -> tuple[str, int]:
-    """`127.0.0.1:50051`, `[::1]:50051`, `localhost:0` -> (host, port)."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    """`127.0.0.1:50051`, `[::1]:50051`, `localhost:0` -> (host, port); the host is required."""
+    if ":" not in listen or listen.startswith(":"):
         raise ServerStartError(f"--listen takes HOST:PORT, not {listen!r}")
-    return host.strip("[]"), int(port)
+    try:
+        return split_listen(listen)
+    except ValueError:
+        raise ServerStartError(f"--listen takes HOST:PORT, not {listen!r}") from None
 
 
 def is_loopback(host: str) -> bool:

@@ -33,7 +33,7 @@ from flux_proxy.pg.codec import BACKEND_TYPES, FRONTEND_TYPES, FrameSplitter
 from flux_proxy.pg.errors import ProtocolError
 from flux_proxy.pg.frontdoor import Cancel, Greeting, Refuse, Reply, Start
 from flux_proxy.pg.session import PgSession
-from flux_proxy.urls import redact
+from flux_proxy.urls import redact, split_listen
 
 log = logging.getLogger("flux.pg.proxy")
 
@@ -349,14 +349,6 @@ def jsonl_sink(stream: IO[str]) -> ExchangeSink:
         stream.write(json.dumps(exchange.to_json(frames=True)) + "\n")
         stream.flush()
     return sink
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {listen!r}")
-    return host, int(port)
 
 
 async def run_standalone(upstream: str, listen: str, record_path: str | None,

@@ -10,15 +10,7 @@ from typing import TextIO
 
 from flux_proxy.model import Exchange
 from flux_proxy.resp.proxy import RedisProxy
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """`HOST:PORT`, `:PORT`, `PORT` or `[::1]:PORT`; the host defaults to 127.0.0.1."""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit():
-        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
-    return host, int(port)
+from flux_proxy.urls import split_listen
 
 
 async def run_standalone(upstream: str, listen: str, record_path: str | None,
@@ -26,7 +18,7 @@ async def run_standalone(upstream: str, listen: str, record_path: str | None,
     """Run a record proxy forever; with `record_path`, append one exchange per line
     (`Exchange.to_json(frames=True)`). `on_listening(port)` is called once it listens
     (else one line goes to stderr)."""
-    host, port = parse_listen(listen)
+    host, port = split_listen(listen)
     # Line-buffered: every exchange is on disk as soon as it is recorded, even if the
     # process is killed.
     record: TextIO | None = (open(record_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
