@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.markup import escape
 from rich.table import Table
@@ -11,6 +13,7 @@ from flux_cli.errors import EXIT_DIVERGED, EXIT_STOPPED, FluxError, one_line_err
 from flux_cli.views import run_with_client
 from flux_cli.why import summarize_request, summarize_response
 from flux_runtime.report import ReplayOutcome, ReplayReport
+from flux_server.client import FluxClient
 
 EXIT_CODES = {ReplayOutcome.COMPLETED: 0, ReplayOutcome.DIVERGED: EXIT_DIVERGED,
               ReplayOutcome.STOPPED: EXIT_STOPPED}
@@ -31,7 +34,7 @@ def replay_command(execution_id: str, app: str | None, as_json: bool,
     from flux_runtime.replay import ReplayError, fetch_recording, replay
     from flux_runtime.worker import WorkerStartError
 
-    async def work(client):  # type: ignore[no-untyped-def]
+    async def work(client: FluxClient) -> ReplayReport:
         recording = await fetch_recording(client, execution_id)
         try:
             report = await replay(recording, app)
@@ -95,7 +98,7 @@ def print_report(report: ReplayReport, kind: str) -> None:
     out.print(f"\n{kind} recorded as {replayed.id} (flux trace {render.short_id(replayed.id)})")
 
 
-def _describe(doc: dict) -> str:  # type: ignore[type-arg]
+def _describe(doc: dict[str, Any]) -> str:
     request = doc.get("request", {})
     if "sql" in request:
         return " ".join(str(request["sql"]).split())

@@ -11,6 +11,8 @@ from flux_cli import render
 from flux_cli.errors import FluxError, one_line_errors
 from flux_cli.replay import EXIT_CODES, print_report
 from flux_cli.views import run_with_client
+from flux_runtime.report import ReplayReport
+from flux_server.client import FluxClient
 
 
 @click.command("resume")
@@ -48,7 +50,7 @@ def resume_command(execution_id: str, app: str | None, yes: bool, as_json: bool,
         if not click.confirm("Go ahead?", default=False, err=True):
             raise FluxError("resume cancelled; nothing ran")
 
-    async def work(client):  # type: ignore[no-untyped-def]
+    async def work(client: FluxClient) -> ReplayReport:
         try:
             report = await resume(recording, real, app)
         except (ReplayError, WorkerStartError) as exc:
