@@ -74,14 +74,11 @@ async def record_failure(app: Path, server: ServerProcess, env: dict[str, str],
     (which fails with a 500), and wait until the server has the record; its id."""
     import aiohttp
 
-    from flux_proxy.urls import upstream_kind
     from flux_runtime.serve import Runtime, ServeOptions
     from tests.services import free_port
 
     saved = dict(os.environ)
-    for name, value in saved.items():
-        if upstream_kind(value) is not None:
-            del os.environ[name]  # no stray upstream from the machine's environment
+    drop_stray_upstreams()
     os.environ.update(env, FLUX_HOME=str(home))
     runtime = Runtime(ServeOptions(app=str(app), port=free_port(), workers=1,
                                    server=server.listen, echo_output=False))
@@ -99,3 +96,13 @@ async def record_failure(app: Path, server: ServerProcess, env: dict[str, str],
         os.environ.clear()
         os.environ.update(saved)
     return execution_id
+
+
+def drop_stray_upstreams() -> None:
+    """Remove every postgres:// or redis:// variable from os.environ, so a test's app gets
+    exactly the upstreams the test gives it, whatever the machine's environment holds."""
+    from flux_proxy.urls import upstream_kind
+
+    for name, value in list(os.environ.items()):
+        if upstream_kind(value) is not None:
+            del os.environ[name]

@@ -14,7 +14,7 @@ import pytest
 from flux_runtime.serve import Runtime, ServeOptions
 from flux_server.client import FluxClient
 from tests.services import PgCluster, RedisServer, free_port
-from tests.support import Cli, ServerProcess, wait_stored
+from tests.support import Cli, ServerProcess, drop_stray_upstreams, wait_stored
 
 APP = Path(__file__).resolve().parent.parent / "fixtures" / "cli" / "app.ts"
 
@@ -39,6 +39,7 @@ async def recorded(pg: PgCluster, redis_plain: RedisServer,
                    flux_server_process: ServerProcess,
                    tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Recorded]:
     saved = dict(os.environ)
+    drop_stray_upstreams()
     os.environ.update(DATABASE_URL=pg.url(), REDIS_URL=redis_plain.url(),
                       FLUX_HOME=str(tmp_path_factory.mktemp("serve-home")))
     options = ServeOptions(app=str(APP), port=free_port(), workers=2,

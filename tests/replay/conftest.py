@@ -17,7 +17,7 @@ import pytest
 from flux_runtime.serve import Runtime, ServeOptions
 from flux_server.client import FluxClient
 from tests.services import PgCluster, RedisServer, free_port
-from tests.support import Cli, ServerProcess, wait_stored
+from tests.support import Cli, ServerProcess, drop_stray_upstreams, wait_stored
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "replay"
 SHOP = FIXTURES / "shop.ts"
@@ -102,6 +102,7 @@ async def shop(flux_server_process: ServerProcess,
     cluster = PgCluster(users=(), tls=False).start()
     redis_server = RedisServer().start()
     saved = dict(os.environ)
+    drop_stray_upstreams()
     os.environ.update(DATABASE_URL=cluster.url(), REDIS_URL=redis_server.url(),
                       FLUX_HOME=str(tmp_path_factory.mktemp("replay-home")))
     env = dict(os.environ)
