@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from flux_proxy.model import Exchange, ExchangeSink
@@ -55,7 +55,8 @@ class SlotRecorder:
     proxies: dict[str, RecordingProxy] = field(default_factory=dict)
     by_request: dict[str, list[Exchange]] = field(default_factory=dict)
     boot: BootRecord | None = None
-    boot_shipped: bool = False
+    boot_sent: bool = False  # the boot record exists on the server
+    boot_shipped: int = 0  # how many of its exchanges have been shipped
     boot_used: bool = False  # an execution references the current boot record
     # Exchange lists handed to finished executions, by id: an exchange that completes after
     # its request did (a query the handler did not await) joins its record if that record has
@@ -108,9 +109,21 @@ class SlotRecorder:
     def new_boot(self, boot_id: str, worker_id: str, app_path: str) -> BootRecord:
         self.boot = BootRecord(id=boot_id, worker_id=worker_id, app_path=app_path,
                                started_at=time.time())
-        self.boot_shipped = False
+        self.boot_sent, self.boot_shipped = False, 0
         self.boot_used = False
         return self.boot
+
+    def unshipped_boot(self) -> BootRecord | None:
+        """The part of the boot record not shipped yet: all of it the first time (even with
+        no IO, so executions can name it), then only what arrived since (IO between
+        requests), at its positions. None when there is nothing new."""
+        boot = self.boot
+        if boot is None or (self.boot_sent and len(boot.exchanges) == self.boot_shipped):
+            return None
+        part = replace(boot, exchanges=boot.exchanges[self.boot_shipped:],
+                       first_position=self.boot_shipped)
+        self.boot_sent, self.boot_shipped = True, len(boot.exchanges)
+        return part
 
     def tag(self, execution_id: str | None) -> None:
         if execution_id is not None:

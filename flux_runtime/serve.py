@@ -116,11 +116,11 @@ class Runtime:
         def ship_boot(slot: SlotRecorder) -> None:
             """The boot record goes with the worker's first execution, not at readiness: a
             driver that connects in the background (ioredis's INFO ready check) is often
-            still talking when the app starts listening, and that IO belongs to start-up."""
-            boot = slot.boot
-            if boot is not None and not slot.boot_shipped and self.shipper is not None:
-                slot.boot_shipped = True
-                self.shipper.submit_boot(boot)
+            still talking when the app starts listening, and that IO belongs to start-up.
+            IO between requests follows with later executions, as new parts of the record."""
+            part = slot.unshipped_boot()
+            if part is not None and self.shipper is not None:
+                self.shipper.submit_boot(part)
 
         def starting(worker: Any) -> None:
             slot = self.slots[worker.index]
@@ -161,6 +161,9 @@ class Runtime:
             await self.pool.stop()
         for slot in self.slots:
             await slot.close()
+            part = slot.unshipped_boot() if slot.boot_used else None
+            if part is not None and self.shipper is not None:
+                self.shipper.submit_boot(part)  # IO after the worker's last request
         if self.shipper is not None:
             await self.shipper.close()
         if self.client is not None:

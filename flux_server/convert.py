@@ -103,13 +103,13 @@ def execution_from_proto(message: pb.Execution) -> Execution:
 
 def boot_to_proto(boot: BootRecord) -> pb.BootRecord:
     return pb.BootRecord(id=boot.id, worker_id=boot.worker_id, app_path=boot.app_path,
-                         started_at=boot.started_at,
+                         started_at=boot.started_at, first_position=boot.first_position,
                          exchanges=[exchange_to_proto(x) for x in boot.exchanges])
 
 
 def boot_from_proto(message: pb.BootRecord) -> BootRecord:
     return BootRecord(id=message.id, worker_id=message.worker_id, app_path=message.app_path,
-                      started_at=message.started_at,
+                      started_at=message.started_at, first_position=message.first_position,
                       exchanges=[exchange_from_proto(x) for x in message.exchanges])
 
 

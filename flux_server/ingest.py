@@ -29,9 +29,9 @@ class MalformedRecord(ValueError):
     """A record the server will not store; the message says which field."""
 
 
-def _exchange_rows(exchanges: Any) -> list[tuple[Any, ...]]:
+def _exchange_rows(exchanges: Any, first_position: int = 0) -> list[tuple[Any, ...]]:
     rows = []
-    for position, x in enumerate(exchanges):
+    for position, x in enumerate(exchanges, first_position):
         if x.protocol not in PROTOCOLS or x.lifetime not in LIFETIMES or x.source not in SOURCES:
             raise MalformedRecord(f"exchange {position}: unknown protocol, lifetime or source "
                                   f"({x.protocol!r}, {x.lifetime!r}, {x.source!r})")
@@ -113,7 +113,8 @@ def prepare_execution_proto(e: pb.Execution) -> PreparedExecution:
 
 def prepare_boot_proto(b: pb.BootRecord) -> PreparedBoot:
     return PreparedBoot(id=b.id, worker_id=b.worker_id, app_path=b.app_path,
-                        started_at=b.started_at, exchanges=_exchange_rows(b.exchanges))
+                        started_at=b.started_at,
+                        exchanges=_exchange_rows(b.exchanges, b.first_position))
 
 
 def prepare_batch_proto(

@@ -127,6 +127,7 @@ class BootRecord:
     app_path: str
     started_at: float
     exchanges: list[Exchange] = field(default_factory=list)
+    first_position: int = 0  # a later part of a growing boot record starts past 0
 
 
 def iso(ts: float) -> str:

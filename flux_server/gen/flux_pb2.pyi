@@ -146,18 +146,20 @@ class Execution(_message.Message):
     def __init__(self, id: _Optional[str] = ..., started_at: _Optional[float] = ..., duration: _Optional[float] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., query: _Optional[str] = ..., request_headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., request_body: _Optional[bytes] = ..., request_truncated: _Optional[bool] = ..., status: _Optional[int] = ..., response_headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., response_body: _Optional[bytes] = ..., response_truncated: _Optional[bool] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., console: _Optional[_Iterable[_Union[ConsoleLine, _Mapping]]] = ..., exchanges: _Optional[_Iterable[_Union[Exchange, _Mapping]]] = ..., determinism: _Optional[_Iterable[_Union[DeterminismEntry, _Mapping]]] = ..., parent_id: _Optional[str] = ..., mode: _Optional[str] = ..., app_path: _Optional[str] = ..., code_version: _Optional[str] = ..., flux_version: _Optional[str] = ..., deno_version: _Optional[str] = ..., worker_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., upstreams: _Optional[_Mapping[str, str]] = ..., replay_outcome: _Optional[str] = ...) -> None: ...
 
 class BootRecord(_message.Message):
-    __slots__ = ("id", "worker_id", "app_path", "started_at", "exchanges")
+    __slots__ = ("id", "worker_id", "app_path", "started_at", "exchanges", "first_position")
     ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     APP_PATH_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     EXCHANGES_FIELD_NUMBER: _ClassVar[int]
+    FIRST_POSITION_FIELD_NUMBER: _ClassVar[int]
     id: str
     worker_id: str
     app_path: str
     started_at: float
     exchanges: _containers.RepeatedCompositeFieldContainer[Exchange]
-    def __init__(self, id: _Optional[str] = ..., worker_id: _Optional[str] = ..., app_path: _Optional[str] = ..., started_at: _Optional[float] = ..., exchanges: _Optional[_Iterable[_Union[Exchange, _Mapping]]] = ...) -> None: ...
+    first_position: int
+    def __init__(self, id: _Optional[str] = ..., worker_id: _Optional[str] = ..., app_path: _Optional[str] = ..., started_at: _Optional[float] = ..., exchanges: _Optional[_Iterable[_Union[Exchange, _Mapping]]] = ..., first_position: _Optional[int] = ...) -> None: ...
 
 class ExecutionSummary(_message.Message):
     __slots__ = ("id", "started_at", "duration", "method", "path", "status", "outcome", "error_message", "mode", "parent_id", "replay_outcome")

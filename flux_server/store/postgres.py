@@ -297,6 +297,14 @@ class PostgresStore(Store):
             await conn.copy_records_to_table(
                 "boot_exchanges", schema_name=SCHEMA, columns=("boot_id", *EXCHANGE_COLUMNS),
                 records=exchanges)
+        # A growing boot record is re-sent with its new exchanges: keep known positions.
+        later = [(b.id, *x) for b in boots if b.id not in new_ids for x in b.exchanges]
+        if later:
+            columns = ("boot_id", *EXCHANGE_COLUMNS)
+            await conn.executemany(
+                f"INSERT INTO {SCHEMA}.boot_exchanges ({', '.join(columns)}) VALUES "
+                f"({', '.join(f'${i}' for i in range(1, len(columns) + 1))}) "
+                "ON CONFLICT (boot_id, position) DO NOTHING", later)
         return len(new_ids)
 
     # -- reads -----------------------------------------------------------------------------

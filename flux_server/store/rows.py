@@ -105,7 +105,8 @@ def prepare_execution(e: Execution) -> PreparedExecution:
 def prepare_boot(b: BootRecord) -> PreparedBoot:
     return PreparedBoot(id=b.id, worker_id=b.worker_id, app_path=b.app_path,
                         started_at=b.started_at,
-                        exchanges=[exchange_row(i, x) for i, x in enumerate(b.exchanges)])
+                        exchanges=[exchange_row(i, x)
+                                   for i, x in enumerate(b.exchanges, b.first_position)])
 
 
 NUL_REPLACEMENT = "\ufffd"

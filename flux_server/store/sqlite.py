@@ -226,9 +226,10 @@ class SqliteStore(Store):
                 "VALUES (?, ?, ?, ?)", (boot.id, boot.worker_id, boot.app_path, boot.started_at))
             if cursor.rowcount == 1:
                 stored += 1
-                await conn.executemany(
-                    _insert_sql("boot_exchanges", ("boot_id", *EXCHANGE_COLUMNS)),
-                    [(boot.id, *x) for x in boot.exchanges])
+            # A growing boot record is re-sent with its new exchanges: keep known positions.
+            await conn.executemany(
+                _insert_sql("boot_exchanges", ("boot_id", *EXCHANGE_COLUMNS), "INSERT OR IGNORE"),
+                [(boot.id, *x) for x in boot.exchanges])
         return stored
 
     async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:

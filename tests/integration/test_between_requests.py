@@ -34,6 +34,19 @@ async def test_timer_io_between_requests_goes_to_the_boot(served: ServedApp) -> 
     ticks = [x for x in slot.boot.exchanges if x.request["args"] == ["tick"]]
     assert ticks and all(x.request_id is None for x in ticks)
 
+    # The stored boot record grows too: each execution ships the IO since the last one.
+    await asyncio.sleep(0.3)  # more ticks between requests
+    last = await served.recorded(await served.request("GET", "/"))
+    shipped = slot.boot_shipped
+    assert shipped > len(ticks)
+    stored = await served.boot(last.boot_id)
+    async with asyncio.timeout(10):
+        while len(stored.exchanges) < shipped:  # the last part may still be on its way
+            await asyncio.sleep(0.05)
+            stored = await served.boot(last.boot_id)
+    assert [(x.connection, x.seq) for x in stored.exchanges[:shipped]] == [
+        (x.connection, x.seq) for x in slot.boot.exchanges[:shipped]]
+
 
 async def test_boot_io_between_requests_is_capped(served: ServedApp) -> None:
     slot = served.runtime.slots[0]

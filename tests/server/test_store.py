@@ -61,6 +61,25 @@ async def test_a_retried_batch_is_never_duplicated(store: Store) -> None:
     assert boot_again is not None and len(boot_again.exchanges) == 1
 
 
+async def test_a_boot_record_grows_by_the_positions_it_does_not_have(store: Store) -> None:
+    """IO between requests: the runtime re-sends the boot id with only its new exchanges."""
+    import dataclasses
+
+    from tests.server.factory import postgres_exchange
+
+    boot = make_boot()
+    await store.record_batch([], [boot])
+    later = [postgres_exchange(i, boot.started_at + i, f"SELECT {i}", params=[])
+             for i in (1, 2)]
+    delta = dataclasses.replace(boot, exchanges=later, first_position=1)
+    assert (await store.record_batch([], [delta, delta])).boots == 0  # not a new boot
+    await store.record_batch([], [boot])  # a retry of the first part changes nothing
+    grown = await store.get_boot(boot.id)
+    assert grown is not None
+    assert [x.request["sql"] for x in grown.exchanges] == [
+        "CREATE TABLE IF NOT EXISTS users (id int)", "SELECT 1", "SELECT 2"]
+
+
 async def _ids(store: Store, **filters: object) -> set[str]:
     page = await store.list(ExecutionFilter(**filters), limit=1000)  # type: ignore[arg-type]
     return {s.id for s in page.executions}
