@@ -14,7 +14,6 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_SOURCE = REPO_ROOT / "proto" / "flux.proto"
-PACKAGE_PROTO = Path(__file__).resolve().parent / "flux.proto"
 GEN_DIR = Path(__file__).resolve().parent / "gen"
 GENERATED_FILES = ("flux_pb2.py", "flux_pb2.pyi", "flux_pb2_grpc.py")
 
@@ -47,7 +46,6 @@ def generate(out_dir: Path, proto: Path = PROTO_SOURCE) -> list[Path]:
 
 def main() -> None:
     generate(GEN_DIR)
-    shutil.copyfile(PROTO_SOURCE, PACKAGE_PROTO)
     print(f"regenerated {', '.join(GENERATED_FILES)} in {GEN_DIR}", file=sys.stderr)
 
 
