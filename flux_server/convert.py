@@ -18,8 +18,7 @@ from flux_server.records import (
     Mode,
     Outcome,
 )
-
-_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+from flux_server.store.rows import dump
 
 
 def exchange_to_proto(exchange: Exchange) -> pb.Exchange:
@@ -28,7 +27,7 @@ def exchange_to_proto(exchange: Exchange) -> pb.Exchange:
         lifetime=exchange.lifetime.value, request_id=exchange.request_id,
         started_at=exchange.started_at, duration=exchange.duration,
         frames=pb.Frames(client=exchange.client_frames, server=exchange.server_frames),
-        request_json=_compact(exchange.request), response_json=_compact(exchange.response),
+        request_json=dump(exchange.request), response_json=dump(exchange.response),
         source=exchange.source.value if exchange.source is not None else "",
         failed=exchange.failed)
 
@@ -57,7 +56,7 @@ def execution_to_proto(execution: Execution) -> pb.Execution:
         console=[pb.ConsoleLine(seq=c.seq, offset=c.offset, level=c.level, text=c.text)
                  for c in execution.console],
         exchanges=[exchange_to_proto(x) for x in execution.exchanges],
-        determinism=[pb.DeterminismEntry(kind=d.kind, value_json=_compact(d.value))
+        determinism=[pb.DeterminismEntry(kind=d.kind, value_json=dump(d.value))
                      for d in execution.determinism],
         parent_id=execution.parent_id, mode=execution.mode.value, app_path=execution.app_path,
         code_version=execution.code_version, flux_version=execution.flux_version,
@@ -71,7 +70,8 @@ def execution_to_proto(execution: Execution) -> pb.Execution:
     return message
 
 
-def _optional(message: object, name: str) -> str | None:
+def optional_field(message: object, name: str) -> str | None:
+    """A proto3 `optional` field's value, or None when unset."""
     return getattr(message, name) if message.HasField(name) else None  # type: ignore[attr-defined]
 
 
@@ -94,11 +94,11 @@ def execution_from_proto(message: pb.Execution) -> Execution:
         exchanges=[exchange_from_proto(x) for x in message.exchanges],
         determinism=[DeterminismEntry(kind=d.kind, value=json.loads(d.value_json))
                      for d in message.determinism],
-        parent_id=_optional(message, "parent_id"), mode=Mode(message.mode or Mode.RECORD),
+        parent_id=optional_field(message, "parent_id"), mode=Mode(message.mode or Mode.RECORD),
         app_path=message.app_path, code_version=message.code_version,
         flux_version=message.flux_version, deno_version=message.deno_version,
-        worker_id=message.worker_id, boot_id=_optional(message, "boot_id"),
-        upstreams=dict(message.upstreams), replay_outcome=_optional(message, "replay_outcome"))
+        worker_id=message.worker_id, boot_id=optional_field(message, "boot_id"),
+        upstreams=dict(message.upstreams), replay_outcome=optional_field(message, "replay_outcome"))
 
 
 def boot_to_proto(boot: BootRecord) -> pb.BootRecord:
@@ -142,9 +142,9 @@ def summary_from_proto(message: pb.ExecutionSummary) -> ExecutionSummary:
     return ExecutionSummary(
         id=message.id, started_at=message.started_at, duration=message.duration,
         method=message.method, path=message.path, status=message.status,
-        outcome=Outcome(message.outcome), error_message=_optional(message, "error_message"),
-        mode=Mode(message.mode or Mode.RECORD), parent_id=_optional(message, "parent_id"),
-        replay_outcome=_optional(message, "replay_outcome"))
+        outcome=Outcome(message.outcome), error_message=optional_field(message, "error_message"),
+        mode=Mode(message.mode or Mode.RECORD), parent_id=optional_field(message, "parent_id"),
+        replay_outcome=optional_field(message, "replay_outcome"))
 
 
 def filter_to_proto(flt: ExecutionFilter) -> pb.ExecutionFilter:

@@ -14,6 +14,7 @@ from json.encoder import encode_basestring as encode_string
 from typing import Any
 
 from flux_proxy.model import Lifetime, Protocol, Source
+from flux_server.convert import optional_field
 from flux_server.gen import flux_pb2 as pb
 from flux_server.records import ExecutionSummary, Mode, Outcome
 from flux_server.store.rows import PreparedBoot, PreparedExecution
@@ -62,10 +63,6 @@ def _upstreams_json(upstreams: Any) -> str:
                           for k, v in sorted(upstreams.items())) + "}"
 
 
-def _optional(message: Any, name: str) -> Any:
-    return getattr(message, name) if message.HasField(name) else None
-
-
 def canonical_id(text: str) -> str:
     lowered = text.lower()
     if CANONICAL_UUID.match(lowered):
@@ -84,7 +81,7 @@ def prepare_execution_proto(e: pb.Execution) -> PreparedExecution:
     has_error = e.HasField("error")
     error = e.error
     outcome = Outcome.ERROR if has_error or e.status >= 500 else Outcome.OK
-    parent_id, replay_outcome = _optional(e, "parent_id"), _optional(e, "replay_outcome")
+    parent_id, replay_outcome = optional_field(e, "parent_id"), optional_field(e, "replay_outcome")
     method = e.method.upper()
     row = (
         execution_id, e.started_at, e.duration, method, e.path, e.query,
@@ -96,7 +93,7 @@ def prepare_execution_proto(e: pb.Execution) -> PreparedExecution:
         error.stack if has_error else None,
         _determinism_json(e.determinism),
         parent_id, mode.value, e.app_path, e.code_version, e.flux_version, e.deno_version,
-        e.worker_id, _optional(e, "boot_id"), _upstreams_json(e.upstreams),
+        e.worker_id, optional_field(e, "boot_id"), _upstreams_json(e.upstreams),
         replay_outcome,
     )
     summary = ExecutionSummary(
