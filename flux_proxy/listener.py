@@ -79,3 +79,33 @@ class SessionConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.listener.connections.discard(self)
+
+
+class RecordingProxy(TypingProtocol):
+    @property
+    def port(self) -> int: ...
+
+    def set_current_request(self, request_id: str | None) -> None: ...
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class ResumeListener(LoopbackListener):
+    """A resume proxy: answers what the recording can, and sends the rest through `live`, a
+    record-mode proxy that holds the real credentials and records what goes live."""
+
+    def __init__(self, live: RecordingProxy, host: str = "127.0.0.1") -> None:
+        super().__init__(host)
+        self.live = live
+
+    def set_current_request(self, request_id: str | None) -> None:
+        super().set_current_request(request_id)
+        self.live.set_current_request(request_id)
+
+    async def start(self) -> None:
+        await self.live.start()
+        await super().start()
+
+    async def close(self) -> None:
+        await super().close()
+        await self.live.close()

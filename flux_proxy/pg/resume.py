@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from flux_proxy.listener import LoopbackListener
+from flux_proxy.listener import ResumeListener
 from flux_proxy.matcher import Divergence
 from flux_proxy.model import ExchangeSink, Lifetime, Protocol
 from flux_proxy.pg.proxy import PgRecordProxy
@@ -127,7 +127,7 @@ class _ResumeConnection(asyncio.Protocol):
             self.transport.close()
 
 
-class PgResumeProxy(LoopbackListener):
+class PgResumeProxy(ResumeListener):
     """A loopback listener that answers the durable prefix and goes live after it.
 
     `book` holds the durable prefix as its request checkpoints (plus the session and connection
@@ -137,15 +137,10 @@ class PgResumeProxy(LoopbackListener):
 
     def __init__(self, book: ReplayBook, upstream: str, sink: ExchangeSink,
                  host: str = "127.0.0.1") -> None:
-        super().__init__(host)
+        super().__init__(PgRecordProxy(upstream, sink), host)
         self.book = book
-        self.live = PgRecordProxy(upstream, sink)
         self.catalog = PgCatalog(book.exchanges_of(Protocol.POSTGRES, Lifetime))
         self.divergences: list[Divergence] = []
-
-    def set_current_request(self, request_id: str | None) -> None:
-        super().set_current_request(request_id)
-        self.live.set_current_request(request_id)
 
     def session(self) -> PgResumeSession:
         """A new client connection's sans-IO session."""
@@ -154,11 +149,3 @@ class PgResumeProxy(LoopbackListener):
 
     def connection(self) -> asyncio.Protocol:
         return _ResumeConnection(self, self.session())
-
-    async def start(self) -> None:
-        await self.live.start()
-        await super().start()
-
-    async def close(self) -> None:
-        await super().close()
-        await self.live.close()

@@ -15,7 +15,7 @@ import asyncio
 import collections
 from dataclasses import dataclass
 
-from flux_proxy.listener import LoopbackListener
+from flux_proxy.listener import ResumeListener
 from flux_proxy.matcher import Divergence, MatchKind, key_of
 from flux_proxy.model import ExchangeSink, Protocol
 from flux_proxy.replay import ReplayBook
@@ -213,7 +213,7 @@ class _ResumeConnection(asyncio.Protocol):
             self.connecting.cancel()
 
 
-class RedisResumeProxy(LoopbackListener):
+class RedisResumeProxy(ResumeListener):
     """A loopback listener that answers the durable prefix and goes live after it.
 
     `book` holds the durable prefix as its request checkpoints; `upstream` is the real URL
@@ -222,22 +222,9 @@ class RedisResumeProxy(LoopbackListener):
 
     def __init__(self, book: ReplayBook, upstream: str, sink: ExchangeSink,
                  host: str = "127.0.0.1") -> None:
-        super().__init__(host)
+        super().__init__(RedisProxy(upstream, sink), host)
         self.book = book
-        self.live = RedisProxy(upstream, sink)
         self.divergences: list[Divergence] = []
-
-    def set_current_request(self, request_id: str | None) -> None:
-        super().set_current_request(request_id)
-        self.live.set_current_request(request_id)
 
     def connection(self) -> asyncio.Protocol:
         return _ResumeConnection(self)
-
-    async def start(self) -> None:
-        await self.live.start()
-        await super().start()
-
-    async def close(self) -> None:
-        await super().close()
-        await self.live.close()
