@@ -81,7 +81,10 @@ class SessionConnection(asyncio.Protocol):
         self.listener.connections.discard(self)
 
 
-class RecordingProxy(TypingProtocol):
+class ProxyListener(TypingProtocol):
+    """What the runtime needs of any proxy, in any mode: its port, the request tag, and a
+    lifecycle."""
+
     @property
     def port(self) -> int: ...
 
@@ -94,7 +97,7 @@ class ResumeListener(LoopbackListener):
     """A resume proxy: answers what the recording can, and sends the rest through `live`, a
     record-mode proxy that holds the real credentials and records what goes live."""
 
-    def __init__(self, live: RecordingProxy, host: str = "127.0.0.1") -> None:
+    def __init__(self, live: ProxyListener, host: str = "127.0.0.1") -> None:
         super().__init__(host)
         self.live = live
 

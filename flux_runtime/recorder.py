@@ -12,22 +12,14 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
+from flux_proxy.listener import ProxyListener
 from flux_proxy.model import Exchange, ExchangeSink
 from flux_proxy.urls import proxy_url, upstream_kind
 from flux_server.records import BootRecord
 
 
-class RecordingProxy(Protocol):
-    port: int
-
-    def set_current_request(self, request_id: str | None) -> None: ...
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-
-
-def make_recording_proxy(upstream: str, sink: ExchangeSink) -> RecordingProxy:
+def make_recording_proxy(upstream: str, sink: ExchangeSink) -> ProxyListener:
     """A record-mode proxy for `upstream` on a free loopback port."""
     if upstream_kind(upstream) == "pg":
         from flux_proxy.pg.proxy import PgRecordProxy
@@ -52,7 +44,7 @@ class SlotRecorder:
 
     index: int
     upstreams: dict[str, str]  # env var -> real URL, with credentials
-    proxies: dict[str, RecordingProxy] = field(default_factory=dict)
+    proxies: dict[str, ProxyListener] = field(default_factory=dict)
     by_request: dict[str, list[Exchange]] = field(default_factory=dict)
     boot: BootRecord | None = None
     boot_sent: bool = False  # the boot record exists on the server

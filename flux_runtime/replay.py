@@ -11,8 +11,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from flux_proxy.listener import ProxyListener
 from flux_proxy.matcher import MatchKind
 from flux_proxy.model import Source
 from flux_proxy.replay import ReplayBook
@@ -35,15 +36,7 @@ class ReplayError(Exception):
     """A reason the replay cannot run, as one line."""
 
 
-class ReplayProxy(Protocol):
-    port: int
-
-    def set_current_request(self, request_id: str | None) -> None: ...
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-
-
-def make_replay_proxy(upstream: str, book: ReplayBook, upstream_var: str) -> ReplayProxy:
+def make_replay_proxy(upstream: str, book: ReplayBook, upstream_var: str) -> ProxyListener:
     if upstream_kind(upstream) == "pg":
         from flux_proxy.pg.replay import PgReplayProxy
 
@@ -89,12 +82,12 @@ async def replay(recording: Recording, app: str | None = None) -> ReplayReport:
 
 
 async def rerun(original: Execution, app_path: Path, book: ReplayBook, mode: Mode,
-                proxy_for: Callable[[str, str], ReplayProxy]) -> Execution:
+                proxy_for: Callable[[str, str], ProxyListener]) -> Execution:
     """Send the recorded request once to one fresh worker of the app, whose upstream
     variables point at the proxies `proxy_for(var, recorded_url)` makes; its execution.
 
     In replay the worker may reach nothing but those proxies."""
-    proxies: dict[str, ReplayProxy] = {}
+    proxies: dict[str, ProxyListener] = {}
     pool: WorkerPool | None = None
     try:
         for var, url in original.upstreams.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from flux_proxy.listener import ProxyListener
 from flux_proxy.model import Exchange, ExchangeSink, Lifetime, Source
 from flux_proxy.replay import ReplayBook
 from flux_proxy.resume import durable_prefix
@@ -17,7 +18,6 @@ from flux_proxy.urls import redact, upstream_kind
 from flux_runtime.replay import (
     Recording,
     ReplayError,
-    ReplayProxy,
     build_report,
     rerun,
     resolve_app,
@@ -27,7 +27,7 @@ from flux_server.records import Mode
 
 
 def make_resume_proxy(upstream: str, book: ReplayBook, real_url: str,
-                      sink: ExchangeSink) -> ReplayProxy:
+                      sink: ExchangeSink) -> ProxyListener:
     if upstream_kind(upstream) == "pg":
         from flux_proxy.pg.resume import PgResumeProxy
 
@@ -74,9 +74,9 @@ async def resume(recording: Recording, real: Mapping[str, str],
                if x.lifetime is Lifetime.SESSION]
     book = ReplayBook([*prefix, *kept, *session])
     live: list[Exchange] = []
-    proxies: list[ReplayProxy] = []
+    proxies: list[ProxyListener] = []
 
-    def proxy_for(var: str, url: str) -> ReplayProxy:
+    def proxy_for(var: str, url: str) -> ProxyListener:
         proxies.append(make_resume_proxy(url, book, real[var], live.append))
         return proxies[-1]
 
