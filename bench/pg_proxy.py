@@ -3,10 +3,11 @@
     .venv/bin/python bench/pg_proxy.py [--seconds 10] [--rounds 1] [--clients 8] [--eager]
 
 Starts a throwaway cluster (no TLS), pgbouncer (session pooling, run as the `postgres` user
-when we are root) and the Flux proxy in its own process on uvloop, in record mode with a sink
-that keeps every exchange (`--eager` also decodes each exchange's semantic request/response
-in the sink, which the default leaves lazy). Then runs `pgbench -S -c N` in simple and extended
-protocol against each, interleaved, and prints tps and ratios.
+when we are root) and the Flux proxy in its own process on uvloop (as the `flux` commands run
+it), in record mode with a sink that keeps the last 100,000 exchanges, as the shipper holds
+unsent ones (`--keep 0` keeps all; `--eager` also decodes each exchange's semantic
+request/response in the sink, which the default leaves lazy). Then runs `pgbench -S -c N` in
+simple and extended protocol against each, interleaved, and prints tps and ratios.
 """
 
 from __future__ import annotations
@@ -174,14 +175,18 @@ def serve_plain_relay(upstream_port: int) -> None:
     uvloop.run(main())
 
 
+KEEP = 100_000
+"""Exchanges the sink holds, as the shipper of `flux serve` holds the ones not yet sent.
+Records leave a real proxy and are freed; a list that only grows measures the collector."""
+
+
 def serve_flux(upstream: str, eager: bool, keep: int) -> None:
     """Child process: the record proxy on uvloop; the sink keeps exchanges in memory (all of
     them, or the last `keep`, as a shipper that drains its queue would)."""
     import asyncio
     import collections
 
-    import uvloop
-
+    from flux_cli.loop import run
     from flux_proxy.model import Exchange
     from flux_proxy.pg.proxy import PgRecordProxy
 
@@ -204,7 +209,7 @@ def serve_flux(upstream: str, eager: bool, keep: int) -> None:
         print(f"flux recorded {total} exchanges, kept {len(kept)}", file=sys.stderr)
         await proxy.close()
 
-    uvloop.run(main())
+    run(main())  # as the `flux` commands run their loop
 
 
 def main() -> None:
@@ -213,8 +218,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--eager", action="store_true")
-    parser.add_argument("--keep", type=int, default=0,
-                        help="the sink keeps only the last N exchanges (default: all)")
+    parser.add_argument("--keep", type=int, default=KEEP,
+                        help=f"the sink keeps the last N exchanges (default {KEEP}; 0: all)")
     parser.add_argument("--relay", action="store_true",
                         help="also measure a plain byte relay (no framing, no recording)")
     parser.add_argument("--serve-flux")

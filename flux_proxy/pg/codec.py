@@ -34,6 +34,12 @@ _unpack_u32 = _U32.unpack_from
 AuthHint = Literal["password", "sasl_initial", "sasl", "gss"]
 
 
+try:  # the same split in C (setup.py builds it); FrameSplitter's loop is the reference
+    from flux_proxy._scan import pg_split as _accelerated_split
+except ImportError:  # pragma: no cover - only without a compiler at install time
+    _accelerated_split = None
+
+
 def _type_table(types: bytes) -> tuple[bool, ...]:
     return tuple(i in types for i in range(256))
 
@@ -45,11 +51,12 @@ def _describe_byte(b: int) -> str:
 class FrameSplitter:
     """Splits a typed-message stream into raw frames reading only each 5-byte header."""
 
-    __slots__ = ("_buf", "_error", "_max", "_need", "_valid", "direction")
+    __slots__ = ("_buf", "_error", "_max", "_need", "_valid", "_valid_bytes", "direction")
 
     def __init__(self, valid_types: bytes, direction: str,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self._valid = _type_table(valid_types)
+        self._valid_bytes = bytes(self._valid)  # the same table, for the C split
         self._max = max_message_size
         self._buf = bytearray()
         self._need = 5  # bytes needed before the buffered prefix can yield a frame
@@ -72,6 +79,17 @@ class FrameSplitter:
             self._buf = bytearray()
         else:
             buf = data if type(data) is bytes else bytes(data)
+        if _accelerated_split is not None:
+            frames, pos, need = _accelerated_split(buf, self._valid_bytes, self._max)
+            if need < 0:
+                self._bad_header(buf[pos], _unpack_u32(buf, pos + 1)[0], self._max)
+            if pos < len(buf):
+                self._buf = bytearray(buf[pos:] if pos else buf)
+            self._need = need
+            return frames  # type: ignore[no-any-return]
+        return self._split_exact(buf)
+
+    def _split_exact(self, buf: bytes) -> list[bytes]:
         frames: list[bytes] = []
         append = frames.append
         pos = 0

@@ -147,6 +147,12 @@ class _Scanner:
         self._want = want - start
 
 
+try:  # the same scans in C (setup.py builds it); the Python ones below are the reference
+    from flux_proxy import _scan as _accelerated
+except ImportError:  # pragma: no cover - only without a compiler at install time
+    _accelerated = None  # type: ignore[assignment]
+
+
 class ReplyScanner(_Scanner):
     """Finds top-level frame boundaries in a server-to-client stream (RESP2 and RESP3).
 
@@ -171,6 +177,21 @@ class ReplyScanner(_Scanner):
         return super().feed(data)
 
     def _scan(self, buf: bytes, frames: list[bytes]) -> list[bytes]:
+        if _accelerated is not None:
+            limits = self.limits
+            found = _accelerated.resp_replies(buf, self._pos, self._need, limits.max_bulk,
+                                              limits.max_line, limits.max_count)
+            if found is not None:  # None: an error or an edge case, for the exact scan
+                complete, _, start, pos, need, want = found
+                if want < 0:
+                    self._pos = self._need = self._want = 0
+                    return complete  # type: ignore[no-any-return]
+                frames += complete
+                self._keep(buf, start, pos, need, want)
+                return frames
+        return self._scan_exact(buf, frames)
+
+    def _scan_exact(self, buf: bytes, frames: list[bytes]) -> list[bytes]:
         kinds = _KIND_TABLE
         limits = self.limits
         end_of_buf = len(buf)
@@ -293,6 +314,21 @@ class CommandScanner(_Scanner):
         self.names: list[bytes | None] = []
 
     def _scan(self, buf: bytes, frames: list[bytes]) -> list[bytes]:
+        if _accelerated is not None:
+            limits = self.limits
+            found = _accelerated.resp_commands(buf, self._pos, self._need, limits.max_bulk,
+                                               limits.max_line, limits.max_count)
+            if found is not None:  # None: an error or an edge case, for the exact scan
+                complete, self.names, start, pos, need, want = found
+                if want < 0:
+                    self._pos = self._need = self._want = 0
+                    return complete  # type: ignore[no-any-return]
+                frames += complete
+                self._keep(buf, start, pos, need, want)
+                return frames
+        return self._scan_exact(buf, frames)
+
+    def _scan_exact(self, buf: bytes, frames: list[bytes]) -> list[bytes]:
         names: list[bytes | None] = []
         self.names = names
         limits = self.limits

@@ -17,14 +17,17 @@ _RESPONSE = Exchange.__dict__["response"]
 
 
 class RedisExchange(Exchange):
+    """Built once per command on the proxy's hot path, so `__init__` sets only what varies:
+    the protocol is a class constant, and `request`/`response` stay unset until first read."""
+
     __slots__ = ()
+    protocol = Protocol.REDIS  # type: ignore[assignment]  # shadows the base slot: read-only
 
     def __init__(self, connection: int, seq: int, lifetime: Lifetime, request_id: str | None,
                  started_at: float, duration: float, client_frames: list[bytes],
                  server_frames: list[bytes], failed: bool = False,
                  request: dict[str, Any] | None = None,
                  response: dict[str, Any] | None = None) -> None:
-        self.protocol = Protocol.REDIS
         self.connection = connection
         self.seq = seq
         self.lifetime = lifetime
@@ -33,19 +36,22 @@ class RedisExchange(Exchange):
         self.duration = duration
         self.client_frames = client_frames
         self.server_frames = server_frames
-        _REQUEST.__set__(self, request)  # None: derive on first read
-        _RESPONSE.__set__(self, response)
         self.source = None
         self.failed = failed
+        if request is not None:
+            _REQUEST.__set__(self, request)
+        if response is not None:
+            _RESPONSE.__set__(self, response)
 
     @property  # type: ignore[override]
     def request(self) -> dict[str, Any]:
-        value = _REQUEST.__get__(self)
-        if value is None:
+        try:
+            return _REQUEST.__get__(self)  # type: ignore[no-any-return]
+        except AttributeError:  # not read yet: derive it from the raw frame
             value = (request_from_frame(self.client_frames[0]) if self.client_frames
                      else {"command": "", "args": []})
             _REQUEST.__set__(self, value)
-        return value
+            return value
 
     @request.setter
     def request(self, value: dict[str, Any]) -> None:
@@ -53,11 +59,12 @@ class RedisExchange(Exchange):
 
     @property  # type: ignore[override]
     def response(self) -> dict[str, Any]:
-        value = _RESPONSE.__get__(self)
-        if value is None:
+        try:
+            return _RESPONSE.__get__(self)  # type: ignore[no-any-return]
+        except AttributeError:
             value = response_from_frames(self.server_frames)
             _RESPONSE.__set__(self, value)
-        return value
+            return value
 
     @response.setter
     def response(self, value: dict[str, Any]) -> None:

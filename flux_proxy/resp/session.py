@@ -224,12 +224,13 @@ class RespSession:
             return False
         verbatim = True
         pending = self._pending
-        upstream_out = self.upstream_out
+        queue = pending.append
+        send = self.upstream_out.append
+        seq = self._seq
         request_id = self.tag.current
         relaying = self.upstream_error is None and self.replies_on
         kinds = _KIND_BY_SPELLING
-        for index, frame in enumerate(frames):
-            spelling = names[index] if names is not None else None
+        for frame, spelling in zip(frames, names or [None] * len(frames), strict=True):
             if spelling is None and frame[0] == 42:  # `*N\r\n$L\r\nNAME...`: NAME in place
                 first = frame.find(b"\r\n")
                 second = frame.find(b"\r\n", first + 2)
@@ -240,22 +241,27 @@ class RespSession:
                 if kind is None:
                     kind = kind_of(spelling)
                 if kind == 0:
-                    self._seq += 1
-                    pending.append((self._seq, frame, now, request_id))
-                    upstream_out.append(frame)
-                    self._saw_request_command = True
+                    seq += 1
+                    queue((seq, frame, now, request_id))
+                    send(frame)
                     continue
             verbatim = False
+            if seq != self._seq:  # the plain commands before this one, as the slow path sees
+                self._seq = seq
+                self._saw_request_command = True
             name = command_name(frame)
             kind = KINDS.get(name, Kind.PLAIN) if name is not None else Kind.PLAIN
             if kind == Kind.PLAIN and name is not None and relaying:
-                self._seq += 1
-                pending.append((self._seq, frame, now, request_id))
-                upstream_out.append(frame)
-                self._saw_request_command = True
+                seq += 1
+                queue((seq, frame, now, request_id))
+                send(frame)
                 continue
             self._special_command(frame, name, kind, now, request_id)
+            seq = self._seq
             relaying = self.upstream_error is None and self.replies_on
+        if seq != self._seq:
+            self._seq = seq
+            self._saw_request_command = True
         return verbatim
 
     def _special_command(self, frame: bytes, name: bytes | None, kind: Kind, now: float,
@@ -429,8 +435,8 @@ class RespSession:
 
         True when `client_out` got exactly these frames, unchanged and nothing else."""
         pending = self._pending
-        out = self.client_out
-        finished = self.finished
+        emit = self.client_out.append
+        record = self.finished.append
         connection_id = self.connection_id
         request_lifetime = Lifetime.REQUEST
         verbatim = True
@@ -444,8 +450,8 @@ class RespSession:
             if type(entry) is tuple:
                 pending.popleft()
                 seq, client_frame, started_at, request_id = entry
-                out.append(frame)
-                finished.append(RedisExchange(
+                emit(frame)
+                record(RedisExchange(
                     connection_id, seq, request_lifetime, request_id, started_at,
                     now - started_at, [client_frame], [frame], first == 45 or first == 33))
                 if pending and type(pending[0]) is not tuple and self._drain_synthetic(now):
@@ -456,7 +462,7 @@ class RespSession:
                 self._special_frame(frame, now)
                 continue
             pending.popleft()
-            out.append(frame)
+            emit(frame)
             self._finish(entry, [frame], now)
             if entry.kind:
                 self._after_reply(entry, frame)

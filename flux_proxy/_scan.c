@@ -1,0 +1,383 @@
+/*
+ * flux_proxy._scan: the frame-boundary scans of the proxies' hot path, in C.
+ *
+ * The pure-Python scanners in flux_proxy/pg/codec.py and flux_proxy/resp/codec.py are the
+ * reference; these functions produce exactly their frames for well-formed input, and hand
+ * anything unusual (an error, an oversized number) back to them by returning a "bail" result.
+ * The Python side then re-runs its own scan from the same state, so error messages and limits
+ * live in one place. Tests compare both implementations on random and captured streams.
+ *
+ * Sans-IO like the rest of the codecs: bytes in, lists of bytes out, no state kept here.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+/* Bytes of buf[start:stop], reusing buf itself when the slice is all of it. */
+static PyObject *
+slice(PyObject *buf, const char *data, Py_ssize_t size, Py_ssize_t start, Py_ssize_t stop)
+{
+    if (start == 0 && stop == size) {
+        Py_INCREF(buf);
+        return buf;
+    }
+    return PyBytes_FromStringAndSize(data + start, stop - start);
+}
+
+static int
+append_new(PyObject *list, PyObject *item)
+{
+    if (item == NULL)
+        return -1;
+    int rc = PyList_Append(list, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+/* Index of the first CRLF at or after `from`, or -1. */
+static Py_ssize_t
+find_crlf(const char *data, Py_ssize_t size, Py_ssize_t from)
+{
+    while (from + 1 < size) {
+        const char *cr = memchr(data + from, '\r', (size_t)(size - from - 1));
+        if (cr == NULL)
+            return -1;
+        Py_ssize_t at = cr - data;
+        if (data[at + 1] == '\n')
+            return at;
+        from = at + 1;
+    }
+    return -1;
+}
+
+/* Decimal digits data[from:to] (Python's bytes.isdigit(): non-empty, ASCII digits only) as a
+ * number; -1 when they are not such digits or are 19 or more (the Python side decides). */
+static long long
+digits_value(const char *data, Py_ssize_t from, Py_ssize_t to)
+{
+    Py_ssize_t n = to - from;
+    if (n <= 0 || n >= 19)
+        return -1;
+    long long value = 0;
+    for (Py_ssize_t i = from; i < to; i++) {
+        unsigned char c = (unsigned char)data[i];
+        if (c < '0' || c > '9')
+            return -1;
+        value = value * 10 + (c - '0');
+    }
+    return value;
+}
+
+/* ---------------------------------------------------------------- Postgres */
+
+PyDoc_STRVAR(pg_split_doc,
+"pg_split(buf, valid, limit) -> (frames, pos, need)\n\n"
+"Complete typed messages at the start of `buf`. `valid` is 256 bytes, non-zero for each\n"
+"accepted type byte; `limit` the largest length field. `pos` is where the unconsumed rest\n"
+"begins and `need` how many bytes the next frame needs from there (5 when unknown), or -1\n"
+"when the header at `pos` is bad (the caller raises).");
+
+static PyObject *
+pg_split(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])
+            || PyBytes_GET_SIZE(args[1]) != 256) {
+        PyErr_SetString(PyExc_TypeError, "pg_split(bytes, bytes[256], int)");
+        return NULL;
+    }
+    PyObject *buf = args[0];
+    const unsigned char *valid = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    long long limit = PyLong_AsLongLong(args[2]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    const char *data = PyBytes_AS_STRING(buf);
+    Py_ssize_t size = PyBytes_GET_SIZE(buf);
+    PyObject *frames = PyList_New(0);
+    if (frames == NULL)
+        return NULL;
+    Py_ssize_t pos = 0, need = 5;
+    while (pos + 5 <= size) {
+        const unsigned char *h = (const unsigned char *)data + pos;
+        unsigned long long length = ((unsigned long long)h[1] << 24) | (h[2] << 16)
+                                    | (h[3] << 8) | h[4];
+        if (!valid[h[0]] || length < 4 || (long long)length > limit) {
+            need = -1;
+            break;
+        }
+        Py_ssize_t stop = pos + 1 + (Py_ssize_t)length;
+        if (stop > size) {
+            need = stop - pos;
+            break;
+        }
+        if (append_new(frames, slice(buf, data, size, pos, stop)) < 0) {
+            Py_DECREF(frames);
+            return NULL;
+        }
+        pos = stop;
+    }
+    return Py_BuildValue("(Nnn)", frames, pos, need);
+}
+
+/* ---------------------------------------------------------------- RESP */
+
+enum { K_NONE = 0, K_LINE, K_BULK, K_AGG, K_MAP, K_ATTR };
+static unsigned char resp_kind[256];
+
+/* The scan stopped: where the unfinished frame starts, how far it got, values still owed, and
+ * the buffered size before progress is possible. BAIL: let the Python scanner take over. */
+#define BAIL NULL
+
+static PyObject *
+scan_result(PyObject *frames, PyObject *names, Py_ssize_t start, Py_ssize_t pos,
+            long long need, Py_ssize_t want)
+{
+    if (names == NULL) {
+        Py_INCREF(Py_None);
+        names = Py_None;
+    }
+    return Py_BuildValue("(NNnnLn)", frames, names, start, pos, need, want);
+}
+
+typedef struct {
+    long long max_bulk, max_line, max_count;
+} limits_t;
+
+static int
+parse_limits(PyObject *const *args, limits_t *limits)
+{
+    limits->max_bulk = PyLong_AsLongLong(args[0]);
+    limits->max_line = PyLong_AsLongLong(args[1]);
+    limits->max_count = PyLong_AsLongLong(args[2]);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+PyDoc_STRVAR(resp_replies_doc,
+"resp_replies(buf, pos, need, max_bulk, max_line, max_count)\n"
+"    -> (frames, None, start, pos, need, want) | None\n\n"
+"Top-level RESP2/RESP3 frames in `buf`, resuming at `pos` with `need` values owed, as\n"
+"ReplyScanner._scan. `want` is -1 when nothing is left over. None: bad or unusual input,\n"
+"for the Python scanner to handle from the same state.");
+
+static PyObject *
+resp_replies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "resp_replies(bytes, int, int, int, int, int)");
+        return NULL;
+    }
+    PyObject *buf = args[0];
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    long long need = PyLong_AsLongLong(args[2]);
+    limits_t limits;
+    if (PyErr_Occurred() || parse_limits(args + 3, &limits) < 0)
+        return NULL;
+    const char *data = PyBytes_AS_STRING(buf);
+    Py_ssize_t size = PyBytes_GET_SIZE(buf);
+    PyObject *frames = PyList_New(0);
+    if (frames == NULL)
+        return NULL;
+    Py_ssize_t start = 0;
+    for (;;) {
+        if (need == 0) {
+            if (pos != start) {
+                if (append_new(frames, slice(buf, data, size, start, pos)) < 0)
+                    goto error;
+                start = pos;
+            }
+            if (pos >= size)
+                return scan_result(frames, NULL, start, pos, 0, -1);
+            need = 1;
+        }
+        if (pos >= size)
+            return scan_result(frames, NULL, start, pos, need, pos + 1);
+        int kind = resp_kind[(unsigned char)data[pos]];
+        if (kind == K_NONE)
+            goto bail;
+        Py_ssize_t nl = find_crlf(data, size, pos + 1);
+        if (nl < 0) {
+            if (size - pos > limits.max_line)
+                goto bail;
+            return scan_result(frames, NULL, start, pos, need, size + 1);
+        }
+        if (kind == K_LINE) {
+            pos = nl + 2;
+            need--;
+            continue;
+        }
+        long long value = digits_value(data, pos + 1, nl);
+        int minus_one = nl - pos - 1 == 2 && data[pos + 1] == '-' && data[pos + 2] == '1';
+        if (kind == K_BULK) {
+            if (value >= 0) {
+                if (value > limits.max_bulk)
+                    goto bail;
+                Py_ssize_t stop = nl + 4 + (Py_ssize_t)value;
+                if (stop > size)
+                    return scan_result(frames, NULL, start, pos, need, stop);
+                if (data[stop - 2] != '\r' || data[stop - 1] != '\n')
+                    goto bail;
+                pos = stop;
+            }
+            else if (minus_one && data[pos] == '$')
+                pos = nl + 2;
+            else
+                goto bail;
+            need--;
+            continue;
+        }
+        if (value >= 0) {
+            if (value > limits.max_count)
+                goto bail;
+            need += kind == K_AGG ? value - 1 : 2 * value - (kind != K_ATTR);
+        }
+        else if (minus_one && data[pos] == '*')
+            need--;
+        else
+            goto bail;
+        pos = nl + 2;
+    }
+bail:
+    Py_DECREF(frames);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(frames);
+    return NULL;
+}
+
+PyDoc_STRVAR(resp_commands_doc,
+"resp_commands(buf, pos, need, max_bulk, max_line, max_count)\n"
+"    -> (frames, names, start, pos, need, want) | None\n\n"
+"Client commands in `buf`, as CommandScanner._scan; `names[i]` is the command name of an\n"
+"array command as sent, None for inline and empty ones. None: for the Python scanner.");
+
+static PyObject *
+resp_commands(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "resp_commands(bytes, int, int, int, int, int)");
+        return NULL;
+    }
+    PyObject *buf = args[0];
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    long long need = PyLong_AsLongLong(args[2]);
+    limits_t limits;
+    if (PyErr_Occurred() || parse_limits(args + 3, &limits) < 0)
+        return NULL;
+    const char *data = PyBytes_AS_STRING(buf);
+    Py_ssize_t size = PyBytes_GET_SIZE(buf);
+    PyObject *frames = PyList_New(0);
+    PyObject *names = PyList_New(0);
+    if (frames == NULL || names == NULL)
+        goto error;
+    Py_ssize_t start = 0;
+    /* The name of the command being scanned: its first bulk string, if it started here. */
+    Py_ssize_t name_at = -1, name_len = 0;
+    long long count = -1;  /* bulk strings in the current command, when its header was seen */
+    for (;;) {
+        if (need == 0) {
+            if (pos != start) {
+                if (append_new(frames, slice(buf, data, size, start, pos)) < 0)
+                    goto error;
+                PyObject *name = Py_None;
+                if (name_at >= 0)
+                    name = PyBytes_FromStringAndSize(data + name_at, name_len);
+                else
+                    Py_INCREF(name);
+                if (append_new(names, name) < 0)
+                    goto error;
+                start = pos;
+            }
+            name_at = -1;
+            count = -1;
+            if (pos >= size)
+                return scan_result(frames, names, start, pos, 0, -1);
+            if (data[pos] != '*') {
+                const char *lf = memchr(data + pos, '\n', (size_t)(size - pos));
+                if (lf == NULL) {
+                    if (size - pos > limits.max_line)
+                        goto bail;
+                    return scan_result(frames, names, start, pos, 0, size + 1);
+                }
+                pos = lf - data + 1;
+                continue;
+            }
+            Py_ssize_t nl = find_crlf(data, size, pos + 1);
+            if (nl < 0) {
+                if (size - pos > limits.max_line)
+                    goto bail;
+                return scan_result(frames, names, start, pos, 0, size + 1);
+            }
+            long long value = digits_value(data, pos + 1, nl);
+            if (value >= 0) {
+                if (value > limits.max_count)
+                    goto bail;
+                need = count = value;
+            }
+            else if (!(nl - pos - 1 == 2 && data[pos + 1] == '-' && data[pos + 2] == '1'))
+                goto bail;
+            pos = nl + 2;
+            continue;
+        }
+        while (need) {
+            if (pos >= size)
+                return scan_result(frames, names, start, pos, need, pos + 1);
+            if (data[pos] != '$')
+                goto bail;
+            Py_ssize_t nl = find_crlf(data, size, pos + 1);
+            if (nl < 0) {
+                if (size - pos > limits.max_line)
+                    goto bail;
+                return scan_result(frames, names, start, pos, need, size + 1);
+            }
+            long long value = digits_value(data, pos + 1, nl);
+            if (value < 0 || value > limits.max_bulk)
+                goto bail;
+            Py_ssize_t stop = nl + 4 + (Py_ssize_t)value;
+            if (stop > size)
+                return scan_result(frames, names, start, pos, need, stop);
+            if (data[stop - 2] != '\r' || data[stop - 1] != '\n')
+                goto bail;
+            if (need == count) {  /* the first bulk string: the command name */
+                name_at = nl + 2;
+                name_len = (Py_ssize_t)value;
+            }
+            pos = stop;
+            need--;
+        }
+    }
+bail:
+    Py_DECREF(frames);
+    Py_DECREF(names);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(frames);
+    Py_XDECREF(names);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"pg_split", (PyCFunction)(void (*)(void))pg_split, METH_FASTCALL, pg_split_doc},
+    {"resp_replies", (PyCFunction)(void (*)(void))resp_replies, METH_FASTCALL,
+     resp_replies_doc},
+    {"resp_commands", (PyCFunction)(void (*)(void))resp_commands, METH_FASTCALL,
+     resp_commands_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "flux_proxy._scan",
+    "Frame-boundary scans of the proxies' hot path (see the Python scanners).", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__scan(void)
+{
+    for (const char *c = "+-:#,(_"; *c; c++)
+        resp_kind[(unsigned char)*c] = K_LINE;
+    for (const char *c = "$!="; *c; c++)
+        resp_kind[(unsigned char)*c] = K_BULK;
+    for (const char *c = "*~>"; *c; c++)
+        resp_kind[(unsigned char)*c] = K_AGG;
+    resp_kind['%'] = K_MAP;
+    resp_kind['|'] = K_ATTR;
+    return PyModule_Create(&module_def);
+}

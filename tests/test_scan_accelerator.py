@@ -1,0 +1,189 @@
+"""`flux_proxy._scan` (C) against the pure-Python scanners it accelerates.
+
+The Python scanners are the reference: fed the same bytes in the same chunks, both must give
+the same frames, the same command names, the same leftover state, and the same error. The
+extension is built by `pip install` (setup.py); if it was not, the first test fails, since the
+proxies would then run at a fraction of their measured speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import flux_proxy.pg.codec as pg_codec
+import flux_proxy.resp.codec as resp_codec
+from flux_proxy.pg.codec import BACKEND_TYPES, FRONTEND_TYPES, FrameSplitter
+from flux_proxy.pg.codec import ProtocolError as PgProtocolError
+from flux_proxy.resp.codec import (
+    CommandScanner,
+    Limits,
+    ProtocolError,
+    ReplyScanner,
+    encode,
+    encode_command,
+)
+from tests.pg.strategies import backend_messages, frontend_messages
+from tests.resp.strategies import command_args, values
+
+SETTINGS = settings(max_examples=200, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_the_extension_is_built_and_used():
+    from flux_proxy import _scan
+
+    assert resp_codec._accelerated is _scan
+    assert pg_codec._accelerated_split is _scan.pg_split
+
+
+@contextmanager
+def pure_python() -> Iterator[None]:
+    saved = resp_codec._accelerated, pg_codec._accelerated_split
+    resp_codec._accelerated, pg_codec._accelerated_split = None, None
+    try:
+        yield
+    finally:
+        resp_codec._accelerated, pg_codec._accelerated_split = saved
+
+
+def run(make: Callable[[], object], chunks: list[bytes]) -> list[object]:
+    """Every feed's outcome, then the leftover state: what the two implementations share."""
+    scanner = make()
+    outcome: list[object] = []
+    for chunk in chunks:
+        try:
+            frames = scanner.feed(chunk)  # type: ignore[attr-defined]
+        except (ProtocolError, PgProtocolError) as exc:
+            outcome.append(("error", str(exc), list(getattr(exc, "frames", []))))
+            break
+        outcome.append((frames, list(getattr(scanner, "names", []))))
+    pending = getattr(scanner, "pending_bytes", None)
+    outcome.append(pending if pending is not None else scanner.pending)  # type: ignore[attr-defined]
+    return outcome
+
+
+def both(make: Callable[[], object], chunks: list[bytes]) -> tuple[list[object], list[object]]:
+    accelerated = run(make, chunks)
+    with pure_python():
+        reference = run(make, chunks)
+    return accelerated, reference
+
+
+def frames_of(outcome: list[object]) -> list[object]:
+    return [step[0] if isinstance(step, tuple) and step[0] != "error" else step
+            for step in outcome]
+
+
+def cut(blob: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(blob)) for c in cuts})
+    return [blob[a:b] for a, b in zip([0, *points], [*points, len(blob)], strict=True)]
+
+
+def mutate(blob: bytes, data: st.DataObject) -> bytes:
+    out = bytearray(blob)
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(out)))
+        action = data.draw(st.sampled_from(["flip", "insert", "delete"]))
+        if action == "insert" or not out:
+            out[at:at] = data.draw(st.binary(min_size=1, max_size=3))
+        elif action == "flip":
+            out[min(at, len(out) - 1)] = data.draw(st.integers(0, 255))
+        else:
+            del out[min(at, len(out) - 1)]
+    return bytes(out)
+
+
+cuts = st.lists(st.integers(0, 400), max_size=6)
+small = Limits(max_bulk=20, max_line=24, max_count=6, max_frame=400)
+
+
+@SETTINGS
+@given(st.lists(values, min_size=1, max_size=6), cuts, st.booleans())
+def test_replies_match(stream, at, tight):
+    blob = b"".join(encode(v) for v in stream)
+    limits = small if tight else Limits()
+    accelerated, reference = both(lambda: ReplyScanner(limits), cut(blob, at))
+    assert accelerated == reference
+
+
+@SETTINGS
+@given(st.lists(values, min_size=1, max_size=4), cuts, st.data())
+def test_broken_replies_match(stream, at, data):
+    blob = mutate(b"".join(encode(v) for v in stream), data)
+    accelerated, reference = both(ReplyScanner, cut(blob, at))
+    assert accelerated == reference
+
+
+commands = st.lists(st.one_of(
+    command_args.map(lambda args: encode_command(*args)),
+    st.sampled_from([b"*0\r\n", b"*-1\r\n", b"PING\r\n", b"\r\n", b"GET k\n", b"SET a 'b c'\r\n"]),
+), min_size=1, max_size=8)
+
+
+@SETTINGS
+@given(commands, cuts, st.booleans())
+def test_commands_match(stream, at, tight):
+    blob = b"".join(stream)
+    limits = small if tight else Limits()
+    accelerated, reference = both(lambda: CommandScanner(limits), cut(blob, at))
+    # Names: the C scan has every array command's, the Python one those it saw for free
+    # (None for the rest, which the session then reads from the frame): where both have one,
+    # they agree.
+    assert frames_of(accelerated) == frames_of(reference)
+    for fast, exact in zip(accelerated, reference, strict=True):
+        if isinstance(fast, tuple) and fast[0] != "error" and fast[0]:  # names of this feed
+            assert len(fast[1]) == len(exact[1]) == len(fast[0])
+            assert all(e is None or f == e for f, e in zip(fast[1], exact[1], strict=True))
+
+
+@SETTINGS
+@given(commands, cuts, st.data())
+def test_broken_commands_match(stream, at, data):
+    blob = mutate(b"".join(stream), data)
+    accelerated, reference = both(CommandScanner, cut(blob, at))
+    assert frames_of(accelerated) == frames_of(reference)
+
+
+def test_command_names_come_from_the_c_scan():
+    scanner = CommandScanner()
+    frames = scanner.feed(encode_command("get", "k") + b"PING\r\n" + b"*0\r\n"
+                          + encode_command("SET", "a", "b")[:9])
+    assert len(frames) == 3
+    assert scanner.names == [b"get", None, None]
+    assert scanner.feed(encode_command("SET", "a", "b")[9:]) == [encode_command("SET", "a", "b")]
+    assert scanner.names == [None]  # resumed mid-command: the session reads it from the frame
+
+
+@SETTINGS
+@given(st.lists(frontend_messages, min_size=1, max_size=6), cuts, st.booleans())
+def test_frontend_frames_match(messages, at, broken):
+    blob = b"".join(message.encode() for message in messages)
+    if broken:
+        blob = blob[:3] + b"\xff" + blob[4:]  # a first length over the maximum
+    accelerated, reference = both(lambda: FrameSplitter(FRONTEND_TYPES, "frontend"),
+                                  cut(blob, at))
+    assert accelerated == reference
+
+
+@SETTINGS
+@given(st.lists(backend_messages, min_size=1, max_size=6), cuts, st.data())
+def test_backend_frames_match(messages, at, data):
+    blob = b"".join(message.encode() for message in messages)
+    if data.draw(st.booleans()):
+        blob = mutate(blob, data)
+    accelerated, reference = both(lambda: FrameSplitter(BACKEND_TYPES, "backend", 300),
+                                  cut(blob, at))
+    assert accelerated == reference
+
+
+@pytest.mark.parametrize("limit", [4, 5, 2**31 - 1])
+def test_length_limit_is_the_same(limit):
+    blob = b"Q" + (5).to_bytes(4, "big") + b"x"
+    accelerated, reference = both(lambda: FrameSplitter(FRONTEND_TYPES, "frontend", limit),
+                                  [blob])
+    assert accelerated == reference
