@@ -7,6 +7,11 @@
 `flux serve` runs as users run it: the `flux` command in its own process. Prints two tables:
 throughput at --connections (per worker count, with the ratio to bare), and the latency one
 request at a time (wrk -c1), where the difference to bare is what Flux adds to each request.
+
+The throughput table also has the *prefork ceiling*: N bare `deno run` processes, each sent one
+request at a time (one `wrk -c1` per process, run together). That is what a pool of N workers
+serving one request at a time (DESIGN.md, "Attribution") could reach if Flux itself cost
+nothing; `flux serve` is compared with it too.
 Needs `wrk` (apt-get install wrk), PostgreSQL and redis-server binaries (throwaway servers are
 started here). Speed is measured here only, never in tests.
 """
@@ -20,7 +25,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -173,6 +178,25 @@ async def recorded_io(server: str) -> int:
     return 0
 
 
+async def prefork_run(env: dict[str, str], args: argparse.Namespace, processes: int
+                      ) -> Figures:
+    """N bare processes, one request at a time each: the ceiling of one-at-a-time workers."""
+    async with AsyncExitStack() as stack:
+        started = [await stack.enter_async_context(bare(env)) for _ in range(processes)]
+        await asyncio.gather(*(wrk("warm-up", url, 1, 1) for url, _ in started))
+        before = sum(cpu_seconds(pid) for _, pid in started)
+        runs = await asyncio.gather(*(wrk("prefork", url, args.duration, 1)
+                                      for url, _ in started))
+        spent = sum(cpu_seconds(pid) for _, pid in started) - before
+    done = max(sum(run.requests for run in runs), 1)
+    figures = Figures(f"prefork ceiling, {processes} proc.",
+                      sum(run.requests_per_second for run in runs),
+                      max(run.p50_ms for run in runs), max(run.p99_ms for run in runs),
+                      " ".join(run.errors for run in runs if run.errors), done)
+    figures.app_cpu_us = spent / done * 1e6
+    return figures
+
+
 async def bare_run(env: dict[str, str], args: argparse.Namespace, label: str,
                    alone: bool) -> tuple[Figures, Figures | None]:
     async with bare(env) as (url, pid):
@@ -200,6 +224,8 @@ async def main(args: argparse.Namespace) -> None:
     pg = PgCluster(tls=False).start()
     redis = RedisServer().start()
     io: dict[str, int] = {}
+    ceilings: dict[int, float] = {}  # workers -> prefork ceiling req/s
+    flux_rows: dict[str, int] = {}  # flux row label -> workers
     alone_flux: Figures | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="flux-bench-") as home:
@@ -209,7 +235,11 @@ async def main(args: argparse.Namespace) -> None:
             separate = record_server(env) if args.separate_server else no_server()
             async with separate as given:
                 for workers in counts:
+                    ceiling = await prefork_run(env, args, workers)
+                    ceilings[workers] = ceiling.requests_per_second
+                    rows.append(ceiling)
                     label = f"flux serve, {workers} worker(s)"
+                    flux_rows[label] = workers
                     rows.append(await flux_run(env, args, workers, given, label, io))
                     if workers == args.default_workers:
                         alone_flux = await flux_run(env, args, workers, given, label, {}, 1)
@@ -227,14 +257,18 @@ async def main(args: argparse.Namespace) -> None:
           f"{'uvloop' if args.uvloop else 'asyncio'}; cores: {os.cpu_count()}; "
           f"load average at the end: {os.getloadavg()[0]:.1f}")
     print(f"\nthroughput: wrk -c{args.connections} -d{args.duration}s; ratio to the mean of "
-          "the two bare runs; CPU per request of the flux process and of the Deno process(es)")
-    print(f"{'':28} {'req/s':>7} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'flux us':>8} "
-          f"{'deno us':>8} {'io':>3}  errors")
+          "the two bare runs, and (flux rows) to the prefork ceiling with as many processes as "
+          "workers; CPU per request of the flux process and of the Deno process(es)")
+    print(f"{'':28} {'req/s':>7} {'ratio':>6} {'/ceil':>6} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'flux us':>8} {'deno us':>8} {'io':>3}  errors")
     for row in rows:
         ratio = row.requests_per_second / max(reference, 1e-9)
+        workers = flux_rows.get(row.label)
+        to_ceiling = (f"{row.requests_per_second / ceilings[workers]:6.2f}"
+                      if workers in ceilings else f"{'':6}")
         flux_cpu = "-" if row.flux_cpu_us != row.flux_cpu_us else f"{row.flux_cpu_us:.0f}"
-        print(f"{row.label:28} {row.requests_per_second:7.0f} {ratio:6.2f} {row.p50_ms:8.2f} "
-              f"{row.p99_ms:8.2f} {flux_cpu:>8} {row.app_cpu_us:8.0f} "
+        print(f"{row.label:28} {row.requests_per_second:7.0f} {ratio:6.2f} {to_ceiling} "
+              f"{row.p50_ms:8.2f} {row.p99_ms:8.2f} {flux_cpu:>8} {row.app_cpu_us:8.0f} "
               f"{io.get(row.label, '-')!s:>3}  {row.errors}")
     if alone_flux is not None and alone_bare is not None:
         print(f"\nlatency one request at a time: wrk -c1 -d{args.duration}s")
