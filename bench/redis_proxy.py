@@ -33,8 +33,8 @@ from tests.services import RedisServer, free_port, wait_for_port  # noqa: E402
 
 TARGETS = {1: 0.4, 16: 0.3}
 KEEP = 100_000
-PIPELINED_SCALE = 10  # pipelined runs go 10x faster: 10x the requests keep them long enough
 """Records leave a real proxy and are freed; a list that only grows measures the collector."""
+PIPELINED_SCALE = 10  # pipelined runs go 10x faster: 10x the requests keep them long enough
 
 
 def serve_proxy(upstream: str, port: int, profile: str | None, decode: bool) -> None:
@@ -47,23 +47,21 @@ def serve_proxy(upstream: str, port: int, profile: str | None, decode: bool) -> 
     from flux_proxy.resp.proxy import RedisProxy
 
     kept: collections.deque[Exchange] = collections.deque(maxlen=KEEP)
-    seen = failed = 0
+    seen = 0
 
-    def keep(exchange: Exchange) -> None:
-        nonlocal seen, failed
-        if decode:
-            _ = exchange.request, exchange.response
-        seen += 1
-        failed += exchange.failed
+    def decode_and_keep(exchange: Exchange) -> None:
+        _ = exchange.request, exchange.response
         kept.append(exchange)
 
     async def main() -> None:
-        proxy = RedisProxy(upstream, keep, port=port)
+        nonlocal seen
+        proxy = RedisProxy(upstream, decode_and_keep if decode else kept.append, port=port)
         await proxy.start()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
         await proxy.close()
+        seen = proxy.delivered
 
     if profile:
         import cProfile
@@ -73,6 +71,7 @@ def serve_proxy(upstream: str, port: int, profile: str | None, decode: bool) -> 
         run(main())
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu = usage.ru_utime + usage.ru_stime
+    failed = sum(exchange.failed for exchange in kept)  # of the kept ones
     print(f"{seen} {failed} {cpu * 1e6 / max(1, seen):.1f} "
           f"(user {usage.ru_utime * 1e6 / max(1, seen):.1f})", flush=True)
 

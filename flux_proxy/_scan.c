@@ -120,6 +120,34 @@ pg_split(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* ---------------------------------------------------------------- RESP */
 
+/* Command names repeat (GET, SET, ...): the last bytes object made for each spelling is kept,
+ * in a small table indexed by length and first letters, and handed out again. Besides the
+ * allocation, that saves the session hashing the name each time (bytes cache their hash). */
+#define NAME_SLOTS 64
+#define NAME_MAX_LEN 32
+static PyObject *name_cache[NAME_SLOTS];
+
+static PyObject *
+command_name(const char *data, Py_ssize_t len)
+{
+    if (len == 0 || len > NAME_MAX_LEN)
+        return PyBytes_FromStringAndSize(data, len);
+    unsigned slot = ((unsigned)len * 31u + (unsigned char)data[0] * 7u
+                     + (unsigned char)data[len - 1]) % NAME_SLOTS;
+    PyObject *cached = name_cache[slot];
+    if (cached != NULL && PyBytes_GET_SIZE(cached) == len
+            && memcmp(PyBytes_AS_STRING(cached), data, (size_t)len) == 0) {
+        Py_INCREF(cached);
+        return cached;
+    }
+    PyObject *name = PyBytes_FromStringAndSize(data, len);
+    if (name != NULL) {
+        Py_XSETREF(name_cache[slot], name);
+        Py_INCREF(name);
+    }
+    return name;
+}
+
 enum { K_NONE = 0, K_LINE, K_BULK, K_AGG, K_MAP, K_ATTR };
 static unsigned char resp_kind[256];
 
@@ -279,7 +307,7 @@ resp_commands(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     goto error;
                 PyObject *name = Py_None;
                 if (name_at >= 0)
-                    name = PyBytes_FromStringAndSize(data + name_at, name_len);
+                    name = command_name(data + name_at, name_len);
                 else
                     Py_INCREF(name);
                 if (append_new(names, name) < 0)

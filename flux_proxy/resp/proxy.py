@@ -50,6 +50,7 @@ class RedisProxy:
         self._connections: set[ClientConnection] = set()
         self._next_connection_id = 0
         self._finished: list[Exchange] = []  # shared by every session of this listener
+        self.delivered = 0  # exchanges handed to the sink so far
 
     @property
     def port(self) -> int:
@@ -86,6 +87,7 @@ class RedisProxy:
         Their semantic `request`/`response` are decoded when first read (`RedisExchange`)."""
         batch = self._finished.copy()
         self._finished.clear()
+        self.delivered += len(batch)
         sink = self.sink
         if sink is None:
             return

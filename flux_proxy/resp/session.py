@@ -23,6 +23,7 @@ the command name is read from the frame header and nothing is decoded.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from enum import IntEnum
 
 from flux_proxy.model import Exchange, Lifetime, RequestTag
@@ -85,6 +86,8 @@ def kind_of(name: bytes) -> Kind:
         kind = KINDS.get(name.upper(), Kind.PLAIN)
         if len(_KIND_BY_SPELLING) < 4096:
             _KIND_BY_SPELLING[name] = kind
+            if kind == Kind.PLAIN:
+                _PLAIN_SPELLINGS.add(name)
     return kind
 
 
@@ -155,11 +158,47 @@ class _Pending:
         self.replies: list[bytes] = []
 
 
-def _as_pending(entry: _Pending | _Plain) -> _Pending:
-    if type(entry) is tuple:
-        seq, frame, started_at, request_id = entry
-        return _Pending(seq, frame, started_at, request_id, Lifetime.REQUEST)
-    return entry  # type: ignore[return-value]
+class _Run:
+    """Ordinary commands that arrived in one read (a pipeline): one queue entry for all of
+    them, so the client side of the hot path does no per-command work."""
+
+    __slots__ = ("frames", "next", "request_id", "seq", "started_at")
+
+    def __init__(self, seq: int, frames: list[bytes], started_at: float,
+                 request_id: str | None) -> None:
+        self.seq = seq  # of frames[0]
+        self.frames = frames
+        self.next = 0  # index of the first command still waiting for its reply
+        self.started_at = started_at
+        self.request_id = request_id
+
+    def split_first(self) -> _Pending:
+        """The next command waiting in this run, in the full form (slow paths)."""
+        entry = _Pending(self.seq + self.next, self.frames[self.next], self.started_at,
+                         self.request_id, Lifetime.REQUEST)
+        self.next += 1
+        return entry
+
+
+_Entry = _Pending | _Plain | _Run
+
+
+def _as_pending(entries: Iterable[_Entry]) -> list[_Pending]:
+    """Queue entries in the full form, one per command (slow paths only)."""
+    full: list[_Pending] = []
+    for entry in entries:
+        if type(entry) is tuple:
+            seq, frame, started_at, request_id = entry
+            full.append(_Pending(seq, frame, started_at, request_id, Lifetime.REQUEST))
+        elif type(entry) is _Run:
+            while entry.next < len(entry.frames):
+                full.append(entry.split_first())
+        else:
+            full.append(entry)  # type: ignore[arg-type]
+    return full
+
+
+_PLAIN_SPELLINGS: set[bytes] = set()  # command names as sent that are known to be PLAIN
 
 
 class RespSession:
@@ -188,7 +227,7 @@ class RespSession:
         self._close_when_told = False
         self.replies_on = True  # False after CLIENT REPLY OFF / SKIP: the server stays silent
         self._skip_one = False
-        self._pending: deque[_Pending | _Plain] = deque()
+        self._pending: deque[_Entry] = deque()
         self._pubsub_pending = 0
         self._slow_replies = False  # RESP2 subscribe mode or MONITOR: classify each reply
         self._seq = 0
@@ -209,7 +248,8 @@ class RespSession:
 
     @property
     def outstanding(self) -> int:
-        return len(self._pending)
+        """Commands still waiting for their reply."""
+        return sum(len(e.frames) - e.next if type(e) is _Run else 1 for e in self._pending)
 
     # -- client side ----------------------------------------------------------------------
 
@@ -222,6 +262,14 @@ class RespSession:
         so the caller may forward the bytes it received as they are."""
         if self._broken:
             return False
+        if (names is not None and len(frames) > 1 and self.upstream_error is None
+                and self.replies_on and _PLAIN_SPELLINGS.issuperset(names)):
+            # A pipeline of ordinary commands (the usual shape): one entry for all of them.
+            self._pending.append(_Run(self._seq + 1, frames, now, self.tag.current))
+            self._seq += len(frames)
+            self.upstream_out += frames
+            self._saw_request_command = True
+            return True
         verbatim = True
         pending = self._pending
         queue = pending.append
@@ -447,14 +495,30 @@ class RespSession:
                 self._special_frame(frame, now)
                 continue
             entry = pending[0]
-            if type(entry) is tuple:
+            kind = type(entry)
+            if kind is _Run:
+                index = entry.next
+                entry.next = index + 1
+                started_at = entry.started_at
+                emit(frame)
+                record(RedisExchange(
+                    connection_id, entry.seq + index, request_lifetime, entry.request_id,
+                    started_at, now - started_at, [entry.frames[index]], [frame],
+                    first == 45 or first == 33))
+                if index + 1 < len(entry.frames):
+                    continue
+                pending.popleft()
+                if pending and type(pending[0]) is _Pending and self._drain_synthetic(now):
+                    verbatim = False
+                continue
+            if kind is tuple:
                 pending.popleft()
                 seq, client_frame, started_at, request_id = entry
                 emit(frame)
                 record(RedisExchange(
                     connection_id, seq, request_lifetime, request_id, started_at,
                     now - started_at, [client_frame], [frame], first == 45 or first == 33))
-                if pending and type(pending[0]) is not tuple and self._drain_synthetic(now):
+                if pending and type(pending[0]) is _Pending and self._drain_synthetic(now):
                     verbatim = False
                 continue
             verbatim = False
@@ -475,14 +539,21 @@ class RespSession:
             return None
         head = self._pending[0]
         if type(head) is tuple:
-            head = self._pending[0] = _as_pending(head)
+            head = self._pending[0] = _as_pending([head])[0]
+        elif type(head) is _Run:
+            first = head.split_first()
+            if head.next == len(head.frames):
+                self._pending[0] = first
+            else:
+                self._pending.appendleft(first)
+            head = first
         return head  # type: ignore[return-value]
 
     def _drain_synthetic(self, now: float) -> bool:
         """Send the proxy's own replies now at the head of the queue; True if any."""
         pending = self._pending
         drained = False
-        while pending and type(pending[0]) is not tuple and pending[0].synthetic is not None:
+        while pending and type(pending[0]) is _Pending and pending[0].synthetic is not None:
             entry = pending.popleft()
             assert isinstance(entry, _Pending)
             if entry.seq == 0 and entry.kind == Kind.RESET:
@@ -592,7 +663,7 @@ class RespSession:
         self.upstream_error = error
         self._close_when_told = close
         self.upstream_out.clear()
-        waiting = [_as_pending(entry) for entry in self._pending]
+        waiting = _as_pending(self._pending)
         self._pending.clear()
         for entry in waiting:
             if entry.seq == 0:
@@ -607,7 +678,7 @@ class RespSession:
     def upstream_lost(self, now: float, reason: str = UPSTREAM_LOST) -> None:
         """The upstream connection broke: every outstanding command fails cleanly, and the
         client connection closes (its server-side state is gone)."""
-        waiting = [_as_pending(entry) for entry in self._pending]
+        waiting = _as_pending(self._pending)
         self._pending.clear()
         for entry in waiting:
             if entry.seq == 0:
@@ -622,7 +693,7 @@ class RespSession:
 
     def client_lost(self, now: float) -> None:
         """The client went away: what it was still waiting for is recorded as failed."""
-        waiting = [_as_pending(entry) for entry in self._pending]
+        waiting = _as_pending(self._pending)
         self._pending.clear()
         for entry in waiting:
             if entry.seq == 0 or entry.synthetic is not None:

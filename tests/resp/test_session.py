@@ -276,3 +276,83 @@ def test_unreachable_upstream_tells_the_first_command_then_closes():
     session.client_commands([encode_command("PING")], now=0.1)
     assert session.client_out == [b"-ERR flux: cannot connect to upstream\r\n"]
     assert session.close_client and finished[0].failed
+
+
+# -- pipelines of ordinary commands: one queue entry per read ---------------------------------
+
+def feed_commands(session: RespSession, frames: list[bytes], now: float,
+                  as_proxy: bool) -> None:
+    """As the proxy does (with the scanner's command names), or frame by frame without."""
+    if as_proxy:
+        scanner = CommandScanner()
+        assert scanner.feed(b"".join(frames)) == frames
+        session.client_commands(frames, now, scanner.names)
+    else:
+        session.client_commands(frames, now)
+
+
+def snapshot(session: RespSession, finished: list[Exchange]) -> tuple[object, ...]:
+    return ([(e.seq, e.request_id, e.started_at, e.duration, e.client_frames, e.server_frames,
+              e.failed, e.request, e.response) for e in finished],
+            list(session.upstream_out), list(session.client_out), session.outstanding,
+            session.close_client)
+
+
+plain = st.sampled_from([encode_command("GET", "k"), encode_command("set", "a", "b"),
+                         encode_command("INCR", "n"), encode_command("Get", "x")])
+replies = st.sampled_from([b"+OK\r\n", b"$1\r\nv\r\n", b":3\r\n", b"-ERR no\r\n", b"_\r\n"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(plain, min_size=1, max_size=6), min_size=1, max_size=4), st.data())
+def test_pipelines_record_as_if_sent_one_by_one(reads, data):
+    """The run form of a pipeline is only a cheaper queue: every observable is the same as
+    with one entry per command, whatever the reply chunking, pushes or endings."""
+    commands = [frame for read in reads for frame in read]
+    answers = [data.draw(replies) for _ in commands]
+    pushes = data.draw(st.sets(st.integers(0, len(answers))))
+    server = []
+    for index, answer in enumerate(answers):
+        if index in pushes:
+            server.append(push(b"invalidate", b"k"))
+        server.append(answer)
+    cut = data.draw(st.integers(0, len(server)))
+    ending = data.draw(st.sampled_from(["none", "client_lost", "upstream_lost", "auth"]))
+    outcomes = []
+    for as_proxy in (True, False):
+        session, finished, tag = make_session()
+        session.protocol = 3  # pushes are RESP3
+        for number, read in enumerate(reads):
+            tag.set_current_request(f"r{number}")
+            feed_commands(session, read, float(number), as_proxy)
+        session.server_frames(server[:cut], now=10.0)
+        if ending == "client_lost":
+            session.client_lost(now=11.0)
+        elif ending == "upstream_lost":
+            session.upstream_lost(now=11.0)
+        elif ending == "auth":
+            session.client_commands([encode_command("AUTH", "pw")], now=11.0)
+            session.server_frames(server[cut:], now=12.0)
+        else:
+            session.server_frames(server[cut:], now=12.0)
+        outcomes.append(snapshot(session, finished))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_a_pipeline_answered_in_two_reads():
+    session, finished, tag = make_session()
+    tag.set_current_request("r1")
+    frames = [encode_command("SET", "a", str(i)) for i in range(5)]
+    feed_commands(session, frames, 1.0, as_proxy=True)
+    assert session.upstream_out == frames and session.outstanding == 5
+    session.upstream_out.clear()
+    session.server_frames([b"+OK\r\n"] * 3, now=2.0)
+    assert session.outstanding == 2 and [e.seq for e in finished] == [1, 2, 3]
+    session.client_commands([encode_command("AUTH", "x")], now=2.5)  # answered after the run
+    session.server_frames([b"+OK\r\n", b"-ERR nope\r\n"], now=3.0)
+    assert [e.seq for e in finished] == [1, 2, 3, 4, 5, 6]
+    assert [e.failed for e in finished] == [False] * 4 + [True, False]
+    assert finished[4].client_frames == [frames[4]] and finished[4].duration == 2.0
+    assert all(e.request_id == "r1" for e in finished)
+    assert session.client_out == [b"+OK\r\n"] * 4 + [b"-ERR nope\r\n", b"+OK\r\n"]
+    assert session.outstanding == 0
