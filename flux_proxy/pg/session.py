@@ -38,6 +38,7 @@ _EXTENDED = frozenset((_P, _B, _D, _C, _E))
 _COPY_FROM_CLIENT = frozenset(b"dcf")
 # Backend type bytes
 _Z, _ERR, _T, _NODATA, _PARAMS = b"ZETnt"
+_PORTAL = ord("P")  # Describe/Close target
 _ASYNC = frozenset(b"NAS")  # NoticeResponse, NotificationResponse, ParameterStatus
 
 # Which backend type bytes complete the reply to each kind of pending client message.
@@ -331,6 +332,8 @@ class PgSession:
                 ex.lifetime = Lifetime.CONNECTION
             if self.tx_status == "I" and self.portals:
                 self.portals.clear()
+        elif kind == KIND_EXTENDED and self._unnamed_query(ex):
+            pass
         elif kind == KIND_EXTENDED:
             try:
                 parsed_here = self._apply_extended(ex)
@@ -349,6 +352,30 @@ class PgSession:
         if ex.broken is not None:
             ex.failed = True
         self.sink(ex)
+
+    def _unnamed_query(self, ex: PgExchange) -> bool:
+        """`_apply_extended` for the shape most drivers send per query: Parse, Bind, Describe
+        (portal), Execute and Sync, all unnamed. True when `ex` had that shape and is done."""
+        frames = ex.client_frames
+        if len(frames) != 5:
+            return False
+        parse, bind, describe, execute, _ = frames
+        if len(parse) < 6 or len(bind) < 7 or len(describe) < 7 or len(execute) < 6:
+            return False  # malformed: the general path records it as failed
+        if not (parse[0] == _P and parse[5] == 0 and bind[0] == _B and bind[5] == 0
+                and bind[6] == 0 and describe[0] == _D and describe[5] == _PORTAL
+                and describe[6] == 0 and execute[0] == _E and execute[5] == 0):
+            return False
+        statement = StatementInfo(b"", parse)
+        self.statements[b""] = statement
+        if self.tx_status == "I":
+            self.portals.clear()  # as at any Sync outside a transaction
+        else:
+            self.portals[b""] = (bind, statement)
+        ex.bind = bind
+        if statement.reads_only_catalog():
+            ex.lifetime = Lifetime.CONNECTION
+        return True  # its statement is its own Parse: the semantics need no snapshot
 
     def _apply_extended(self, ex: PgExchange) -> StatementInfo | None:
         """Update statements/portals from the exchange's frames; snapshot what it used.

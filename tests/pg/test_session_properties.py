@@ -111,3 +111,43 @@ def test_every_frame_lands_in_exactly_one_exchange(
         assert e.server_frames == expected
         if any(f[0:1] == b"E" for f in e.server_frames):
             assert e.failed
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["query", "rebind", "named"]),
+                          st.sampled_from("ITE")), min_size=1, max_size=8))
+def test_the_unnamed_query_shortcut_records_what_the_general_path_does(
+        steps: list[tuple[str, str]]) -> None:
+    """Parse/Bind/Describe/Execute/Sync, all unnamed, takes a shortcut through the session's
+    statement and portal bookkeeping; a Bind that reuses the unnamed statement, and named
+    statements, take the general path. Both must leave the same records and state."""
+    row = m.RowDescription((m.FieldDescription("n", 0, 0, 23, 4, -1, 0),))
+    reply_tail = [m.DataRow((b"1",)), m.CommandComplete("SELECT 1")]
+
+    def run(shortcut: bool) -> tuple[object, ...]:
+        exchanges: list[Exchange] = []
+        session = PgSession(1, exchanges.append, RequestTag())
+        if not shortcut:
+            session._unnamed_query = lambda ex: False  # type: ignore[method-assign]
+        for number, (shape, status) in enumerate(steps):
+            bind = m.Bind("", "", (0,), (str(number).encode(),), (0,))
+            if shape == "query":
+                client = [m.Parse("", "SELECT $1::int AS n", (23,)), bind,
+                          m.Describe("P", ""), m.Execute(), m.Sync()]
+                server = [m.ParseComplete(), m.BindComplete(), row]
+            elif shape == "rebind":
+                client = [bind, m.Describe("P", ""), m.Execute(), m.Sync()]
+                server = [m.BindComplete(), row]
+            else:
+                client = [m.Parse("s", "SELECT $1::int AS n", (23,)),
+                          m.Bind("", "s", (0,), (b"7",), (0,)), m.Describe("P", ""),
+                          m.Execute(), m.Sync()]
+                server = [m.ParseComplete(), m.BindComplete(), row]
+            session.client_frames([x.encode() for x in client], float(number))
+            session.server_frames([x.encode() for x in [*server, *reply_tail,
+                                                          m.ReadyForQuery(status)]],
+                                  number + 0.5)
+        return ([(e.seq, e.lifetime, e.request, e.response, e.failed) for e in exchanges],
+                sorted(session.statements), sorted(session.portals))
+
+    assert run(shortcut=True) == run(shortcut=False)
