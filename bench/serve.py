@@ -128,8 +128,7 @@ async def bare(env: dict[str, str]) -> AsyncIterator[tuple[str, int]]:
 
 @asynccontextmanager
 async def flux_serve(env: dict[str, str], workers: int, sample: float = 1.0,
-                     server: str | None = None, uvloop: bool = False
-                     ) -> AsyncIterator[tuple[str, str, int]]:
+                     server: str | None = None) -> AsyncIterator[tuple[str, str, int]]:
     """`flux serve APP --workers N` as its own process; yields its URL, server address, pid.
 
     Without `server` nothing answers at the address it is given, so it embeds its own.
@@ -137,11 +136,6 @@ async def flux_serve(env: dict[str, str], workers: int, sample: float = 1.0,
     port, server = free_port(), server or f"127.0.0.1:{free_port()}"
     command = [str(FLUX), "serve", str(APP), "--port", str(port), "--workers", str(workers),
                "--server", server, "--sample", str(sample)]
-    if uvloop:  # the same Runtime, on uvloop instead of the CLI's asyncio loop
-        options = (f"ServeOptions(app={str(APP)!r}, port={port}, workers={workers}, "
-                   f"server={server!r}, sample={sample})")
-        command = [sys.executable, "-c", "import uvloop; from flux_runtime.serve import "
-                   f"ServeOptions, serve_forever; uvloop.run(serve_forever({options}))"]
     process = await asyncio.create_subprocess_exec(
         *command, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
@@ -209,7 +203,7 @@ async def bare_run(env: dict[str, str], args: argparse.Namespace, label: str,
 async def flux_run(env: dict[str, str], args: argparse.Namespace, workers: int,
                    server: str | None, label: str, io: dict[str, int],
                    connections: int | None = None) -> Figures:
-    async with flux_serve(env, workers, args.sample, server, args.uvloop) as (url, address,
+    async with flux_serve(env, workers, args.sample, server) as (url, address,
                                                                               pid):
         await wrk("warm-up", url, 1, args.connections)
         figures = await measured(label, url, args.duration, connections or args.connections,
@@ -254,7 +248,7 @@ async def main(args: argparse.Namespace) -> None:
     where = "a separate flux server process" if args.separate_server else "its embedded server"
     print(f"app: {APP.name} (1 pg query + 1 Redis GET per request); flux serve in record "
           f"mode, --sample {args.sample:g}, shipping to {where}, event loop: "
-          f"{'uvloop' if args.uvloop else 'asyncio'}; cores: {os.cpu_count()}; "
+          f"uvloop (flux_cli/loop.py); cores: {os.cpu_count()}; "
           f"load average at the end: {os.getloadavg()[0]:.1f}")
     print(f"\nthroughput: wrk -c{args.connections} -d{args.duration}s; ratio to the mean of "
           "the two bare runs, and (flux rows) to the prefork ceiling with as many processes as "
@@ -291,8 +285,6 @@ if __name__ == "__main__":
                         help="flux serve --sample (0 isolates the cost of shipping records)")
     parser.add_argument("--separate-server", action="store_true",
                         help="ship to a `flux server` process instead of the embedded one")
-    parser.add_argument("--uvloop", action="store_true",
-                        help="run the Runtime on uvloop (the `flux` CLI uses asyncio's loop)")
     parser.add_argument("--default-workers", type=int, default=2,
                         help="the worker count whose one-at-a-time latency is measured")
     asyncio.run(main(parser.parse_args()))
