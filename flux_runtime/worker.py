@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -29,6 +30,10 @@ SHIM_ENV = ("FLUX_CONTROL_PORT", "FLUX_WORKER_TOKEN", "FLUX_WORKER_PORT", "FLUX_
             "FLUX_MODE")
 # `deno run` says this about `export default {fetch}` apps, which the shim serves itself.
 IGNORED_STDERR = ('did you mean to run "deno serve"?',)
+# The shim's report of the request being served when the app called `Deno.exit`, written to
+# stderr synchronously (no time is left for the control connection): marker, token, JSON.
+LAST_WORDS = "\x1eflux-report "
+OUTPUT_LINE_LIMIT = 16 * 1024 * 1024  # such a report carries up to 1 MiB of console text
 
 
 class WorkerStartError(RuntimeError):
@@ -220,12 +225,14 @@ class Worker:
             stderr=asyncio.subprocess.PIPE,
             env=self.environment(self._control.port, token, settings),
             cwd=self.config.cwd,
+            limit=OUTPUT_LINE_LIMIT,
             start_new_session=True,  # Ctrl-C reaches flux, which stops workers gracefully
         )
         process = self._process
         self._tasks = [
             asyncio.create_task(self._drain(process.stdout, sys.stdout, keep=False)),
-            asyncio.create_task(self._drain(process.stderr, sys.stderr, keep=True)),
+            asyncio.create_task(self._drain(process.stderr, sys.stderr, keep=True,
+                                            last_words=f"{LAST_WORDS}{token} ")),
         ]
         self._tasks.append(asyncio.create_task(self._watch(process, generation,
                                                            self._tasks[:2])))
@@ -359,7 +366,8 @@ class Worker:
             if primed is not None and not primed.done():
                 primed.set_result(None)
 
-    async def _drain(self, stream: asyncio.StreamReader | None, echo: Any, keep: bool) -> None:
+    async def _drain(self, stream: asyncio.StreamReader | None, echo: Any, keep: bool,
+                     last_words: str | None = None) -> None:
         if stream is None:
             return
         while True:
@@ -369,7 +377,11 @@ class Worker:
                 raw = await stream.read(65536)
             if not raw:
                 return
-            line = ANSI_ESCAPE.sub("", raw.decode("utf-8", "replace").rstrip("\n"))
+            text = raw.decode("utf-8", "replace").rstrip("\n")
+            if last_words is not None and text.startswith(last_words) \
+                    and self._take_last_words(text[len(last_words):]):
+                continue
+            line = ANSI_ESCAPE.sub("", text)
             if any(ignored in line for ignored in IGNORED_STDERR):
                 continue
             if keep:
@@ -379,6 +391,17 @@ class Worker:
             if self.config.echo_output:
                 echo.write(f"[{self.id}] {line}\n")
                 echo.flush()
+
+    def _take_last_words(self, payload: str) -> bool:
+        """The report the shim wrote on `Deno.exit`; False (kept as output) if unreadable."""
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return False
+        if not isinstance(message, dict) or message.get("type") != "done":
+            return False
+        self._on_message(message)
+        return True
 
     async def _watch(self, process: asyncio.subprocess.Process, generation: int,
                      drains: list[asyncio.Task[Any]]) -> None:

@@ -160,6 +160,11 @@ function begin(id: string): RequestContext {
 
 function finish(ctx: RequestContext, crashed = false): void {
   if (ctx.finished) return;
+  send(report(ctx, crashed));
+}
+
+/** The request's report, once: the request is over for the shim from here on. */
+function report(ctx: RequestContext, crashed: boolean): Record<string, Json> {
   ctx.finished = true;
   if (current === ctx) current = null;
   if (ctx.consoleDropped > 0) {
@@ -172,7 +177,7 @@ function finish(ctx: RequestContext, crashed = false): void {
   }
   const unused: Record<string, number> = {};
   for (const [kind, values] of ctx.replay ?? []) if (values.length) unused[kind] = values.length;
-  send({
+  return {
     type: "done",
     id: ctx.id,
     console: ctx.console,
@@ -183,7 +188,7 @@ function finish(ctx: RequestContext, crashed = false): void {
     unused,
     crashed,
     determinism_dropped: ctx.determinismDropped,
-  });
+  };
 }
 
 // Frames of the shim's own wrappers are not part of the app's story.
@@ -597,6 +602,28 @@ if (controlPort > 0) {
     (event) => onFatal(event, event.reason, true),
   );
 }
+
+// `Deno.exit` ends the process before an asynchronous write could go out, so the report of the
+// request being served (console lines printed just before, above all) is written synchronously
+// to stderr as one marked line, which the runtime takes out of the worker's output.
+function installExit(): void {
+  const realExit = Deno.exit;
+  const marker = `\x1eflux-report ${workerToken} `;
+  const exit = (code?: number): never => {
+    const ctx = current;
+    if (ctx !== null && !ctx.finished) {
+      try {
+        Deno.stderr.writeSync(encoder.encode(marker + JSON.stringify(report(ctx, true)) + "\n"));
+      } catch {
+        // stderr closed: the exit goes on, the record says only that the worker died
+      }
+    }
+    return realExit(code);
+  };
+  Object.defineProperty(Deno, "exit", { value: exit, writable: true, configurable: true });
+}
+
+if (controlPort > 0) installExit();
 
 // ---------------------------------------------------------------- export default { fetch }
 

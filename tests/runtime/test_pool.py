@@ -74,6 +74,22 @@ async def test_worker_crash_mid_request_is_a_502_an_error_record_and_a_restart()
         assert served.pool.crashes == 1
 
 
+async def test_console_lines_printed_just_before_deno_exit_are_kept() -> None:
+    """`Deno.exit` leaves no time for the report's asynchronous write: the shim writes the
+    request's report synchronously to stderr instead, where the runtime takes it back out."""
+    async with serving(APPS["deno_serve"], workers=1) as served:
+        worker = served.pool.workers[0]
+        async with served.client.get(served.front.url + "/exit") as response:
+            assert response.status == 502
+            exited = await served.execution(response)
+        assert exited.error is not None and exited.error.name == "WorkerCrashed"
+        assert "code 3" in exited.error.message
+        assert [(c.level, c.text) for c in exited.console] == [("log", "leaving"),
+                                                               ("error", "bye")]
+        assert not any("flux-report" in line for line in worker.stderr_tail)
+        assert "flux-report" not in (exited.error.stack or "")
+
+
 async def test_worker_leaves_when_the_runtime_goes_away() -> None:
     pool = WorkerPool(APPS["deno_serve"], workers=1, deno_dir=DENO_DIR)
     await pool.start()
