@@ -7,6 +7,11 @@ the prefix, a divergence, or a miss) switches the connection to live for good. L
 through a record-mode `RedisProxy` on loopback, which holds the real credentials and records
 them; the connection's session state (RESP3 via HELLO, the SELECTed database) is set up on the
 live connection first, so the server sees the session the client believes it has.
+
+Once a connection is live for good and every recorded answer before it has gone out, it is a
+plain pipe to the live side: replies, (un)subscribe confirmations (one per channel), pub/sub
+messages and RESP3 pushes reach the client in the server's order, and nothing has to count
+them. Before that, a RESP3 push is passed on at once and never taken for a reply.
 """
 
 from __future__ import annotations
@@ -59,12 +64,10 @@ class _LiveLink(asyncio.Protocol):
             self.owner.fail(f"live reply: {exc}")
             return
         for frame in frames:
-            if frame.is_push and not self.owner.awaiting_live:
-                continue
-            if self.swallow:
+            if self.swallow and not frame.is_push:
                 self.swallow -= 1
                 continue
-            self.owner.live_reply(frame.raw)
+            self.owner.live_frame(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.fail("the live Redis connection closed")
@@ -84,10 +87,7 @@ class _ResumeConnection(asyncio.Protocol):
         self.slots: collections.deque[_Slot] = collections.deque()
         self.waiting: collections.deque[_Slot] = collections.deque()  # slots owed by the link
         self.dead: str | None = None  # why the live side is gone, once it is
-
-    @property
-    def awaiting_live(self) -> bool:
-        return bool(self.waiting)
+        self.piping = False  # live for good, nothing recorded left to send: a plain pipe
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -112,6 +112,8 @@ class _ResumeConnection(asyncio.Protocol):
         command = request["command"]
         self._track_session(command, args)
         during_request = self.proxy.tag.current is not None
+        if command in LIVE_ONLY and during_request:
+            self.live_switched = True  # a subscription cannot be answered from a recording
         if self.live_switched or not during_request or command in LIVE_ONLY:
             if command in ("AUTH", "HELLO") and not self.live_switched and not during_request:
                 self.slots.append(_Slot(self.replay.receive(frame.raw) or b"+OK\r\n"))
@@ -142,9 +144,10 @@ class _ResumeConnection(asyncio.Protocol):
         if self.dead is not None:
             self.slots.append(_Slot(replay_error(self.dead)))
             return
-        slot = _Slot()
-        self.slots.append(slot)
-        self.waiting.append(slot)
+        if not self.piping:
+            slot = _Slot()
+            self.slots.append(slot)
+            self.waiting.append(slot)
         if self.link is not None and self.link.transport is not None:
             self.link.transport.write(raw)
         else:
@@ -171,10 +174,12 @@ class _ResumeConnection(asyncio.Protocol):
         self.outbox.clear()
         self.link = link
 
-    def live_reply(self, raw: bytes) -> None:
-        if not self.waiting:
+    def live_frame(self, frame: Frame) -> None:
+        """A frame from the live side: the next owed reply, or passed straight on."""
+        if self.piping or frame.is_push or not self.waiting:
+            self._write(frame.raw)
             return
-        self.waiting.popleft().data = raw
+        self.waiting.popleft().data = frame.raw
         self._flush()
 
     def fail(self, reason: str) -> None:
@@ -194,6 +199,11 @@ class _ResumeConnection(asyncio.Protocol):
             out.append(self.slots.popleft().data or b"")
         if out:
             self._write(b"".join(out))
+        if self.live_switched and not self.piping and len(self.slots) == len(self.waiting):
+            # Every answer still owed is the live side's, in its own order: let it through.
+            self.piping = True
+            self.slots.clear()
+            self.waiting.clear()
         if self.replay.closed and not self.slots:
             self._close()
 
