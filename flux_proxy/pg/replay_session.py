@@ -47,7 +47,7 @@ PARSE_COMPLETE = m.ParseComplete().encode()
 BIND_COMPLETE = m.BindComplete().encode()
 CLOSE_COMPLETE = m.CloseComplete().encode()
 
-_ERROR, _READY, _COPY_IN = ord("E"), ord("Z"), ord("G")
+_ERROR, _READY, _COPY_IN, _BACKEND_KEY = ord("E"), ord("Z"), ord("G"), ord("K")
 
 
 def shorten(sql: str | None, limit: int = 120) -> str:
@@ -95,6 +95,10 @@ class PgReplaySession:
         self.copy_rest: list[bytes] | None = None  # a reply's frames after CopyInResponse
         self.seq = 0
         self._out: list[bytes] = []
+        # Resume gives each connection its own BackendKeyData (the recorded one is shared),
+        # so that a CancelRequest quoting it can be routed to the live query.
+        self.backend_key: bytes | None = None
+        self.cancel_request: m.CancelRequest | None = None  # what a cancel connection asked
 
     # ------------------------------------------------------------------ bytes in, bytes out
 
@@ -138,6 +142,7 @@ class PgReplaySession:
             elif isinstance(action, Refuse):
                 self._close_with(error_response("FATAL", action.sqlstate, action.message))
             elif isinstance(action, Cancel):
+                self.cancel_request = action.request  # resume routes it; replay has no need
                 self.closed = True  # accepted: replayed answers never run long
             elif isinstance(action, Start):
                 frames = self.catalog.greeting_for(action.startup.params)
@@ -146,6 +151,8 @@ class PgReplaySession:
                         "FATAL", MISS_SQLSTATE,
                         "flux replay: the recording holds no Postgres session to answer from"))
                     return
+                if self.backend_key is not None:
+                    frames = [self.backend_key if f[0] == _BACKEND_KEY else f for f in frames]
                 self._out += frames
                 self.tx_status = chr(frames[-1][5])
                 self.frontend = FrontendParser(startup=False)

@@ -10,16 +10,21 @@ connection: a client of that proxy, opened the first time it is needed.
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
 
 from flux_proxy.listener import ResumeListener
 from flux_proxy.matcher import Divergence
 from flux_proxy.model import ExchangeSink, Lifetime, Protocol
+from flux_proxy.pg import messages as m
 from flux_proxy.pg.proxy import PgRecordProxy
 from flux_proxy.pg.replay_catalog import PgCatalog
 from flux_proxy.pg.resume_session import PgResumeSession
 from flux_proxy.replay import ReplayBook
 
 __all__ = ["PgResumeProxy", "PgResumeSession"]
+
+log = logging.getLogger("flux.resume.pg")
 
 
 class _LiveLink(asyncio.Protocol):
@@ -52,6 +57,10 @@ class _ResumeConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.link: _LiveLink | None = None
         self.connecting: asyncio.Task[None] | None = None
+        # The cancel key this connection's greeting hands out, instead of the recorded one.
+        self.key = (session.recorded.connection, secrets.token_bytes(4))
+        session.recorded.backend_key = m.BackendKeyData(*self.key).encode()
+        proxy.cancel_keys[self.key] = self
 
     # ------------------------------------------------------------------ client side
 
@@ -61,10 +70,15 @@ class _ResumeConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.to_client(self.session.receive(data))
+        cancel = self.session.recorded.cancel_request
+        if cancel is not None:
+            self.session.recorded.cancel_request = None
+            self.proxy.cancel((cancel.process_id, cancel.secret_key))
         self._pump_live()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.proxy.connections.discard(self)
+        self.proxy.cancel_keys.pop(self.key, None)
         if self.connecting is not None:
             self.connecting.cancel()
         if self.link is not None and self.link.transport is not None:
@@ -141,6 +155,32 @@ class PgResumeProxy(ResumeListener):
         self.book = book
         self.catalog = PgCatalog(book.exchanges_of(Protocol.POSTGRES, Lifetime))
         self.divergences: list[Divergence] = []
+        self.cancel_keys: dict[tuple[int, bytes], _ResumeConnection] = {}
+        self._cancels: set[asyncio.Task[None]] = set()
+
+    def cancel(self, key: tuple[int, bytes]) -> None:
+        """A client cancels the query of the connection `key` names. A query answered from the
+        recording is over already; a live one is cancelled through the recording proxy, which
+        maps the live connection's key to the server's."""
+        target = self.cancel_keys.get(key)
+        if target is None or target.session.live_key is None:
+            return
+        process_id, secret = target.session.live_key
+        request = m.CancelRequest(process_id, secret).encode()
+
+        async def send() -> None:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.live.port)
+            except OSError as exc:
+                log.warning("pg resume: could not forward a cancel request: %s", exc)
+                return
+            writer.write(request)
+            await writer.drain()
+            writer.close()
+
+        task = asyncio.ensure_future(send())
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
     def session(self) -> PgResumeSession:
         """A new client connection's sans-IO session."""

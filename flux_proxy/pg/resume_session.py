@@ -44,7 +44,7 @@ log = logging.getLogger("flux.pg.resume")
 RESUME_SQLSTATE = "FX003"  # resume cannot go live here without breaking what the client sees
 
 SYNC = m.Sync().encode()
-_READY, _ERROR, _TERMINATE = ord("Z"), ord("E"), ord("X")
+_READY, _ERROR, _TERMINATE, _BACKEND_KEY = ord("Z"), ord("E"), ord("X"), ord("K")
 _ENDS_LIVE_BATCH = frozenset(b"SQF")  # each gets one ReadyForQuery
 
 
@@ -174,6 +174,9 @@ class PgResumeSession:
         self._live_batch_open = False  # extended messages sent live since the last Sync
         self._upstream_tx = "I"
         self._swallow_ready = 0  # our own Syncs, answered up to their ReadyForQuery, unseen
+        # The live connection's own cancel key (from the recording proxy's greeting): a client
+        # cancelling its query is forwarded with it.
+        self.live_key: tuple[int, bytes] | None = None
 
     # ------------------------------------------------------------------ bytes in, bytes out
 
@@ -209,6 +212,8 @@ class PgResumeSession:
                     self.recorded.closed = True
                     out.append(frame)
                     break
+                if kind == _BACKEND_KEY and len(frame) >= 9:
+                    self.live_key = (int.from_bytes(frame[5:9], "big"), bytes(frame[9:]))
                 self._link_greeted = kind == _READY
                 continue
             if self._swallow_ready:  # replies to the session set-up the client never sent

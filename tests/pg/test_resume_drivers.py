@@ -8,6 +8,7 @@ and builds the book as `flux_runtime.resume` does, then runs the "fixed" code th
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -445,3 +446,36 @@ async def test_the_real_server_refusing_the_credentials_reaches_the_client(
         assert conn.is_closed()
     finally:
         await proxy.close()
+
+
+async def test_a_cancel_request_reaches_the_live_query(pg: PgCluster) -> None:
+    """asyncpg cancels a statement that times out with a CancelRequest on a new connection,
+    quoting the key the greeting gave it. For a resumed connection that key is the resume
+    proxy's own; it must reach the live server's backend, through the recording proxy."""
+    def handler(fixed: bool) -> App:
+        async def app(url: str, tag: Tag) -> Any:
+            conn = await asyncpg.connect(url, ssl=False)
+            try:
+                tag("request")
+                await conn.fetchval("SELECT 1")
+                if not fixed:
+                    raise Thrown("failed after the first query")
+                started = asyncio.get_running_loop().time()
+                with pytest.raises(TimeoutError):  # asyncpg cancels on the server, then raises
+                    await conn.execute("SELECT pg_sleep(30)", timeout=0.5)
+                cancelled_after = asyncio.get_running_loop().time() - started
+                # Were it not cancelled, the connection would be busy for 30 s.
+                after = await asyncio.wait_for(conn.fetchval("SELECT 2"), 5)
+                tag(None)
+                return cancelled_after, after
+            finally:
+                await conn.close()
+        return app
+
+    original = await record(pg, handler(fixed=False))
+    resumed = await resume(pg, original, handler(fixed=True))
+    cancelled_after, after = resumed.result
+    assert after == 2 and cancelled_after < 5
+    sleeps = [x for x in resumed.live_requests() if "pg_sleep" in x.request.get("sql", "")]
+    assert len(sleeps) == 1 and sleeps[0].failed
+    assert sleeps[0].response["error"]["sqlstate"] == "57014"  # query_canceled
