@@ -170,12 +170,21 @@ typedef struct {
     long long max_bulk, max_line, max_count;
 } limits_t;
 
+/* The arguments both RESP scans take: (buf, pos, need, max_bulk, max_line, max_count). */
 static int
-parse_limits(PyObject *const *args, limits_t *limits)
+scan_arguments(const char *name, PyObject *const *args, Py_ssize_t nargs, PyObject **buf,
+               Py_ssize_t *pos, long long *need, limits_t *limits)
 {
-    limits->max_bulk = PyLong_AsLongLong(args[0]);
-    limits->max_line = PyLong_AsLongLong(args[1]);
-    limits->max_count = PyLong_AsLongLong(args[2]);
+    if (nargs != 6 || !PyBytes_CheckExact(args[0])) {
+        PyErr_Format(PyExc_TypeError, "%s(bytes, int, int, int, int, int)", name);
+        return -1;
+    }
+    *buf = args[0];
+    *pos = PyLong_AsSsize_t(args[1]);
+    *need = PyLong_AsLongLong(args[2]);
+    limits->max_bulk = PyLong_AsLongLong(args[3]);
+    limits->max_line = PyLong_AsLongLong(args[4]);
+    limits->max_count = PyLong_AsLongLong(args[5]);
     return PyErr_Occurred() ? -1 : 0;
 }
 
@@ -189,15 +198,11 @@ PyDoc_STRVAR(resp_replies_doc,
 static PyObject *
 resp_replies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6 || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "resp_replies(bytes, int, int, int, int, int)");
-        return NULL;
-    }
-    PyObject *buf = args[0];
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    long long need = PyLong_AsLongLong(args[2]);
+    PyObject *buf;
+    Py_ssize_t pos;
+    long long need;
     limits_t limits;
-    if (PyErr_Occurred() || parse_limits(args + 3, &limits) < 0)
+    if (scan_arguments("resp_replies", args, nargs, &buf, &pos, &need, &limits) < 0)
         return NULL;
     const char *data = PyBytes_AS_STRING(buf);
     Py_ssize_t size = PyBytes_GET_SIZE(buf);
@@ -280,15 +285,11 @@ PyDoc_STRVAR(resp_commands_doc,
 static PyObject *
 resp_commands(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6 || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "resp_commands(bytes, int, int, int, int, int)");
-        return NULL;
-    }
-    PyObject *buf = args[0];
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    long long need = PyLong_AsLongLong(args[2]);
+    PyObject *buf;
+    Py_ssize_t pos;
+    long long need;
     limits_t limits;
-    if (PyErr_Occurred() || parse_limits(args + 3, &limits) < 0)
+    if (scan_arguments("resp_commands", args, nargs, &buf, &pos, &need, &limits) < 0)
         return NULL;
     const char *data = PyBytes_AS_STRING(buf);
     Py_ssize_t size = PyBytes_GET_SIZE(buf);
@@ -392,8 +393,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "flux_proxy._scan",
-    "Frame-boundary scans of the proxies' hot path (see the Python scanners).", -1, methods,
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "flux_proxy._scan",
+    .m_doc = "Frame-boundary scans of the proxies' hot path (see the Python scanners).",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC

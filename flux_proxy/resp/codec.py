@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from flux_proxy.resp.values import (
     Array,
@@ -135,6 +136,24 @@ class _Scanner:
         self._buffered = 0
         return buf
 
+    def _scan_in_c(self, scan: Any, buf: bytes, frames: list[bytes]
+                   ) -> tuple[list[bytes], list[bytes | None] | None] | None:
+        """Run a scan of `flux_proxy._scan` from this scanner's state: the frames (and command
+        names) it found, or None when it handed the input back (an error or an edge case) for
+        the exact scan to take from the same state."""
+        limits = self.limits
+        found = scan(buf, self._pos, self._need, limits.max_bulk, limits.max_line,
+                     limits.max_count)
+        if found is None:
+            return None
+        complete, names, start, pos, need, want = found
+        if want < 0:  # nothing left over
+            self._pos = self._need = self._want = 0
+            return complete, names
+        frames += complete  # `feed` reports these if keeping the rest raises
+        self._keep(buf, start, pos, need, want)
+        return frames, names
+
     def _keep(self, buf: bytes, start: int, pos: int, need: int, want: int) -> None:
         """Hold back the unfinished frame `buf[start:]`, scanned up to `pos`."""
         rest = buf[start:]
@@ -178,17 +197,9 @@ class ReplyScanner(_Scanner):
 
     def _scan(self, buf: bytes, frames: list[bytes]) -> list[bytes]:
         if _accelerated is not None:
-            limits = self.limits
-            found = _accelerated.resp_replies(buf, self._pos, self._need, limits.max_bulk,
-                                              limits.max_line, limits.max_count)
-            if found is not None:  # None: an error or an edge case, for the exact scan
-                complete, _, start, pos, need, want = found
-                if want < 0:
-                    self._pos = self._need = self._want = 0
-                    return complete  # type: ignore[no-any-return]
-                frames += complete
-                self._keep(buf, start, pos, need, want)
-                return frames
+            found = self._scan_in_c(_accelerated.resp_replies, buf, frames)
+            if found is not None:
+                return found[0]
         return self._scan_exact(buf, frames)
 
     def _scan_exact(self, buf: bytes, frames: list[bytes]) -> list[bytes]:
@@ -315,17 +326,10 @@ class CommandScanner(_Scanner):
 
     def _scan(self, buf: bytes, frames: list[bytes]) -> list[bytes]:
         if _accelerated is not None:
-            limits = self.limits
-            found = _accelerated.resp_commands(buf, self._pos, self._need, limits.max_bulk,
-                                               limits.max_line, limits.max_count)
-            if found is not None:  # None: an error or an edge case, for the exact scan
-                complete, self.names, start, pos, need, want = found
-                if want < 0:
-                    self._pos = self._need = self._want = 0
-                    return complete  # type: ignore[no-any-return]
-                frames += complete
-                self._keep(buf, start, pos, need, want)
-                return frames
+            found = self._scan_in_c(_accelerated.resp_commands, buf, frames)
+            if found is not None:
+                complete, self.names = found
+                return complete
         return self._scan_exact(buf, frames)
 
     def _scan_exact(self, buf: bytes, frames: list[bytes]) -> list[bytes]:
