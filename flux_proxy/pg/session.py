@@ -332,30 +332,33 @@ class PgSession:
                 ex.lifetime = Lifetime.CONNECTION
             if self.tx_status == "I" and self.portals:
                 self.portals.clear()
-        elif kind == KIND_EXTENDED and self._unnamed_query(ex):
-            pass
-        elif kind == KIND_EXTENDED:
-            try:
-                parsed_here = self._apply_extended(ex)
-            except (IndexError, ValueError):
-                # A client message with a sound header but a short body: the server answered
-                # it with an 08P01 error; the exchange is recorded as failed, never lost.
-                parsed_here = None
-                ex.failed = True
-            statement = ex.statement
-            if not ex.has_execute or (statement is not None and statement.reads_only_catalog()):
-                ex.lifetime = Lifetime.CONNECTION
-            if statement is parsed_here:
-                # Its Parse is among the exchange's own frames: the semantics need nothing
-                # more, and a recorded exchange then keeps one object less alive.
-                ex.statement = None
+        elif kind == KIND_EXTENDED and not self._unnamed_query(ex):
+            self._complete_extended(ex)
         if ex.broken is not None:
             ex.failed = True
         self.sink(ex)
 
+    def _complete_extended(self, ex: PgExchange) -> None:
+        """Statements, portals and lifetime after an extended-protocol exchange."""
+        try:
+            parsed_here = self._apply_extended(ex)
+        except (IndexError, ValueError):
+            # A client message with a sound header but a short body: the server answered
+            # it with an 08P01 error; the exchange is recorded as failed, never lost.
+            parsed_here = None
+            ex.failed = True
+        statement = ex.statement
+        if not ex.has_execute or (statement is not None and statement.reads_only_catalog()):
+            ex.lifetime = Lifetime.CONNECTION
+        if statement is parsed_here:
+            # Its Parse is among the exchange's own frames: the semantics need nothing
+            # more, and a recorded exchange then keeps one object less alive.
+            ex.statement = None
+
     def _unnamed_query(self, ex: PgExchange) -> bool:
-        """`_apply_extended` for the shape most drivers send per query: Parse, Bind, Describe
-        (portal), Execute and Sync, all unnamed. True when `ex` had that shape and is done."""
+        """`_complete_extended` for the shape most drivers send per query: Parse, Bind,
+        Describe (portal), Execute and Sync, all unnamed. True when `ex` had that shape and is
+        done."""
         frames = ex.client_frames
         if len(frames) != 5:
             return False
