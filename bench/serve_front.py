@@ -1,7 +1,10 @@
 """wrk against a trivial app: bare `deno run` vs through the Flux front and pool.
 
     .venv/bin/python bench/serve_front.py [--duration 5] [--connections 32] [--workers 1,2,4]
-                                          [--wait-ms 0] [--uvloop] [--app APP.ts]
+                                          [--wait-ms 0] [--app APP.ts]
+
+The front and pool run in this process, on the loop every `flux` command runs
+(`flux_cli.loop.run`: uvloop, the tuned garbage collector).
 
 Prints one table: requests/s, p50 and p99 latency, and the ratio to bare Deno, per worker
 count. Needs `wrk` (apt-get install wrk). Speed is measured here only, never in tests.
@@ -91,7 +94,7 @@ async def main(args: argparse.Namespace) -> None:
         for workers in (int(n) for n in args.workers.split(",")):
             rows.append(await through_flux(app, workers, args.duration, args.connections,
                                            args.wait_ms))
-    loop = "uvloop" if args.uvloop else "asyncio"
+    loop = "uvloop (flux_cli/loop.py)"
     load = os.getloadavg()[0]
     kind = f"Deno.serve, handler waits {args.wait_ms} ms" if args.wait_ms else "trivial Deno.serve"
     print(f"app: {args.app or kind}; wrk -t2 -c{args.connections} "
@@ -113,12 +116,7 @@ if __name__ == "__main__":
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--wait-ms", type=int, default=0,
                         help="the built-in app waits this long per request (IO stand-in)")
-    parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--app", help="a Deno app to use instead of the trivial one")
-    arguments = parser.parse_args()
-    if arguments.uvloop:
-        import uvloop
+    from flux_cli.loop import run
 
-        uvloop.run(main(arguments))
-    else:
-        asyncio.run(main(arguments))
+    run(main(parser.parse_args()))
