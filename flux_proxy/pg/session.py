@@ -47,6 +47,7 @@ _COMPLETES: dict[int, bytes] = {
 _EXTENDED_COMPLETES = {t: _COMPLETES[t] for t in _EXTENDED}
 _ERROR_ENDS_REPLY = frozenset(_EXTENDED)  # an error answers it, then the server skips to Sync
 _WHOLE = -1  # queue kind of a fast-path batch: one exchange answered up to its ReadyForQuery
+_ANSWERED_TO_READY = frozenset((_WHOLE, _Q, _F))  # one exchange, all of it up to the Z
 _BATCH_HEAD = frozenset(b"PBDC")
 
 
@@ -94,7 +95,9 @@ class PgSession:
                 and _one_batch(frames)):
             # Fast path: one complete Parse/Bind/Describe/Execute/Sync batch, the usual shape.
             # It is one exchange, and everything up to its ReadyForQuery answers it.
-            ex = self._open(KIND_EXTENDED, now, frames)  # the caller hands the list over
+            self.seq += 1
+            ex = PgExchange(self.connection, self.seq, KIND_EXTENDED, self.tag.current, now,
+                            client_frames=frames)  # the caller hands the list over
             ex.has_execute = True
             ex.pending = 1
             ex.sealed = True
@@ -192,6 +195,24 @@ class PgSession:
     def server_frames(self, frames: list[bytes], now: float) -> None:
         """Frames the server sent (the session may keep the list: pass a fresh one)."""
         queue = self._queue
+        if len(queue) == 1 and frames[-1][0] == _Z:
+            kind, _, ex = queue[0]
+            if kind in _ANSWERED_TO_READY and not ex.server_frames:
+                # Fast path: the whole reply to the one query or fast-path batch outstanding,
+                # in one read (one ReadyForQuery per Query or Sync: this one is its).
+                for frame in frames:
+                    if frame[0] == _ERR:
+                        ex.failed = True
+                        break
+                ex.server_frames = frames
+                queue.popleft()
+                ready = frames[-1]
+                if len(ready) > 5:
+                    self.tx_status = chr(ready[5])
+                ex.pending = 0
+                ex.last_at = now
+                self._complete(ex)
+                return
         i, n = 0, len(frames)
         while i < n:
             if not queue:
@@ -376,7 +397,7 @@ class PgSession:
         else:
             self.portals[b""] = (bind, statement)
         ex.bind = bind
-        if statement.reads_only_catalog():
+        if b"pg_type" in parse and statement.reads_only_catalog():
             ex.lifetime = Lifetime.CONNECTION
         return True  # its statement is its own Parse: the semantics need no snapshot
 
