@@ -483,34 +483,50 @@ class RespSession:
 
         True when `client_out` got exactly these frames, unchanged and nothing else."""
         pending = self._pending
-        emit = self.client_out.append
+        out = self.client_out
+        emit = out.append
         record = self.finished.append
         connection_id = self.connection_id
         request_lifetime = Lifetime.REQUEST
         verbatim = True
-        for frame in frames:
+        i, n = 0, len(frames)
+        while i < n:
+            frame = frames[i]
             first = frame[0]
             if first == 62 or first == 124 or self._slow_replies or not pending:
                 verbatim = False
                 self._special_frame(frame, now)
+                i += 1
                 continue
             entry = pending[0]
             kind = type(entry)
             if kind is _Run:
+                # The replies to as much of the pipeline as this read holds, in one loop.
+                commands = entry.frames
                 index = entry.next
-                entry.next = index + 1
+                stop = min(len(commands), index + n - i)
+                seq, request_id = entry.seq, entry.request_id
                 started_at = entry.started_at
-                emit(frame)
-                record(RedisExchange(
-                    connection_id, entry.seq + index, request_lifetime, entry.request_id,
-                    started_at, now - started_at, [entry.frames[index]], [frame],
-                    first == 45 or first == 33))
-                if index + 1 < len(entry.frames):
-                    continue
-                pending.popleft()
-                if pending and type(pending[0]) is _Pending and self._drain_synthetic(now):
-                    verbatim = False
+                duration = now - started_at
+                begin = i
+                while index < stop:
+                    frame = frames[i]
+                    first = frame[0]
+                    if first == 62 or first == 124:  # a push: the outer loop's business
+                        break
+                    record(RedisExchange(
+                        connection_id, seq + index, request_lifetime, request_id, started_at,
+                        duration, [commands[index]], [frame], first == 45 or first == 33))
+                    index += 1
+                    i += 1
+                out += frames[begin:i]
+                entry.next = index
+                if index == len(commands):
+                    pending.popleft()
+                    if pending and type(pending[0]) is _Pending and self._drain_synthetic(now):
+                        verbatim = False
                 continue
+            i += 1
             if kind is tuple:
                 pending.popleft()
                 seq, client_frame, started_at, request_id = entry
