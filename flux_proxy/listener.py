@@ -1,5 +1,6 @@
-"""The loopback listener every replay and resume proxy shares: a request tag, connection ids,
-and a close that drops the clients it still has (a replay must not wait on an idle pool)."""
+"""The loopback listener every proxy shares, in record, replay and resume mode: a request tag,
+connection ids, and a close that drops the clients it still has (a replay must not wait on an
+idle pool; a recording proxy's clients close their upstream connections as they go)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from time import time as _now
 from typing import IO
 
-from flux_proxy.model import Exchange, ExchangeSink, RequestTag
+from flux_proxy.listener import LoopbackListener
+from flux_proxy.model import Exchange, ExchangeSink
 from flux_proxy.pg import messages as m
 from flux_proxy.pg.auth import (
     Upstream,
@@ -45,53 +46,34 @@ def _not_connected(data: bytes) -> None:
     raise RuntimeError("no upstream yet")
 
 
-class PgRecordProxy:
+class PgRecordProxy(LoopbackListener):
     """A listener: one upstream URL, any number of client connections, one exchange sink."""
 
     def __init__(self, upstream: str, sink: ExchangeSink, host: str = "127.0.0.1",
                  port: int = 0) -> None:
         if not ipaddress.ip_address(host if host != "localhost" else "127.0.0.1").is_loopback:
             raise ValueError("the Postgres proxy listens on loopback only")
+        super().__init__(host, port)
         self.upstream_url = upstream
         self.config = UpstreamConfig.from_url(upstream)
         self.sink = sink
-        self.tag = RequestTag()
-        self.host = host
-        self._port = port
-        self._server: asyncio.Server | None = None
-        self._next_id = 0
-        self.connections: set[ClientConnection] = set()
         self.cancel_keys: dict[tuple[int, bytes], ClientConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    @property
-    def port(self) -> int:
-        return self._port
-
-    def set_current_request(self, request_id: str | None) -> None:
-        self.tag.set_current_request(request_id)
+    def connection(self) -> ClientConnection:
+        return ClientConnection(self)
 
     async def start(self) -> PgRecordProxy:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: ClientConnection(self), self.host,
-                                                self._port)
-        self._port = self._server.sockets[0].getsockname()[1]
+        await super().start()
         return self
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self.connections):
-            conn.abort()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
-            self._server = None
+        await super().close()
 
     def emit(self, exchange: Exchange) -> None:
         """The sink must not take the connection down with it."""
@@ -99,10 +81,6 @@ class PgRecordProxy:
             self.sink(exchange)
         except Exception:
             log.exception("exchange sink failed")
-
-    def next_connection_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
 
     def spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
@@ -293,12 +271,6 @@ class ClientConnection(asyncio.Protocol):
         frame = error_response("FATAL", "08006", reason)
         self.session.connection_lost(reason, _now(), frame)
         self._fail_client(frame)
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-        if self.upstream is not None:
-            self.upstream.abort()
 
 
 class UpstreamConnection(asyncio.Protocol):

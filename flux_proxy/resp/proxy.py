@@ -18,7 +18,8 @@ import logging
 import ssl
 import time
 
-from flux_proxy.model import Exchange, ExchangeSink, RequestTag
+from flux_proxy.listener import LoopbackListener
+from flux_proxy.model import Exchange, ExchangeSink
 from flux_proxy.resp.codec import (
     DEFAULT_LIMITS,
     CommandScanner,
@@ -32,54 +33,31 @@ from flux_proxy.resp.upstream import Handshake, RedisUpstream
 log = logging.getLogger("flux.proxy.redis")
 
 
-class RedisProxy:
+class RedisProxy(LoopbackListener):
     """A record-mode listener for one upstream URL (one per worker in `flux serve`)."""
 
     def __init__(self, upstream: str, sink: ExchangeSink | None = None, *,
                  host: str = "127.0.0.1", port: int = 0, limits: Limits = DEFAULT_LIMITS,
                  connect_timeout: float = 10.0) -> None:
+        super().__init__(host, port)
         self.upstream = RedisUpstream.from_url(upstream)
         self.sink = sink
-        self.host = host
         self.limits = limits
         self.connect_timeout = connect_timeout
-        self.tag = RequestTag()
-        self._port = port
-        self._server: asyncio.Server | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._connections: set[ClientConnection] = set()
-        self._next_connection_id = 0
         self._finished: list[Exchange] = []  # shared by every session of this listener
         self.delivered = 0  # exchanges handed to the sink so far
 
-    @property
-    def port(self) -> int:
-        return self._port
-
-    def set_current_request(self, request_id: str | None) -> None:
-        """Tag every exchange whose command arrives from now on (None: boot IO)."""
-        self.tag.set_current_request(request_id)
-
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._server = await self._loop.create_server(
-            lambda: ClientConnection(self), self.host, self._port)
-        self._port = self._server.sockets[0].getsockname()[1]
+    def connection(self) -> ClientConnection:
+        return ClientConnection(self)
 
     async def close(self) -> None:
         """Stop listening, drop every connection, and hand over what was recorded."""
-        if self._server is not None:
-            self._server.close()
-        for connection in list(self._connections):
-            connection.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
+        await super().close()
         await asyncio.sleep(0)  # let the aborted connections report what they were waiting for
         self._deliver()
 
     def _new_session(self) -> RespSession:
-        self._next_connection_id += 1
-        return RespSession(self._next_connection_id, self.tag, self._finished,
+        return RespSession(self.next_connection_id(), self.tag, self._finished,
                            reauth=self.upstream.handshake())
 
     def _deliver(self) -> None:
@@ -116,7 +94,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.listener._connections.add(self)
+        self.listener.connections.add(self)
         self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
     def data_received(self, data: bytes) -> None:
@@ -151,7 +129,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.listener._connections.discard(self)
+        self.listener.connections.discard(self)
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         self.session.client_lost(time.time())
@@ -192,12 +170,6 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()  # after the queued writes
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.abort()
 
     # -- upstream lifecycle ---------------------------------------------------------------
 

@@ -208,7 +208,7 @@ async def test_blocking_command_waits_for_its_reply(redis_plain):
         r, pusher = client(proxy), client(proxy)
         await r.delete("queue")
         waiter = asyncio.ensure_future(r.blpop(["queue"], timeout=10))
-        await rec.wait_for(lambda: any(c.session.blocked for c in proxy._connections))
+        await rec.wait_for(lambda: any(c.session.blocked for c in proxy.connections))
         assert await pusher.rpush("queue", "job") == 1
         assert list(await waiter) == [b"queue", b"job"]
         await r.aclose()
@@ -283,7 +283,7 @@ async def test_upstream_dies_mid_command(redis_plain):
             r = client(proxy)
             await r.set("x", "1")
             waiter = asyncio.ensure_future(r.blpop(["never"], timeout=30))
-            await rec.wait_for(lambda: any(c.session.blocked for c in proxy._connections))
+            await rec.wait_for(lambda: any(c.session.blocked for c in proxy.connections))
             server._proc.kill()  # type: ignore[union-attr]
             with pytest.raises(aioredis.ResponseError, match="upstream connection lost"):
                 await waiter
@@ -334,7 +334,7 @@ async def test_client_disconnects_mid_pipeline(redis_plain):
         _reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         writer.write(encode_command("SET", "mid", "1") + encode_command("BLPOP", "nothing", 30)
                      + encode_command("GET", "mid"))
-        await rec.wait_for(lambda: any(c.session.blocked for c in proxy._connections))
+        await rec.wait_for(lambda: any(c.session.blocked for c in proxy.connections))
         writer.close()
         await rec.wait_for(lambda: len(rec.exchanges) == 3)
         r = client(proxy)
