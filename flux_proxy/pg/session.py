@@ -195,7 +195,7 @@ class PgSession:
     def server_frames(self, frames: list[bytes], now: float) -> None:
         """Frames the server sent (the session may keep the list: pass a fresh one)."""
         queue = self._queue
-        if len(queue) == 1 and frames[-1][0] == _Z:
+        if len(queue) == 1 and frames and frames[-1][0] == _Z:
             kind, _, ex = queue[0]
             if kind in _ANSWERED_TO_READY and not ex.server_frames:
                 # Fast path: the whole reply to the one query or fast-path batch outstanding,

@@ -325,3 +325,16 @@ def test_a_short_client_message_is_recorded_as_failed_not_raised() -> None:
     assert len(h.exchanges) == 2
     assert all(x.failed for x in h.exchanges)
     assert h.exchanges[0].client_frames[0] == b"B\x00\x00\x00\x04"
+
+
+def test_a_reply_split_over_reads_around_an_empty_one() -> None:
+    """The one-read shortcut must not misread a read with no frames, or a reply that comes in
+    pieces: the exchange completes at its ReadyForQuery, whatever the chunking."""
+    h = Harness()
+    h.client(m.Query("SELECT 1"))
+    h.server()  # a read that completed no frame
+    h.server(rows_of(("n", 23)), m.DataRow((b"1",)))
+    assert h.exchanges == []
+    h.server(m.CommandComplete("SELECT 1"), m.ReadyForQuery("I"))
+    assert len(h.exchanges) == 1
+    assert [f[:1] for f in h.exchanges[0].server_frames] == [b"T", b"D", b"C", b"Z"]
