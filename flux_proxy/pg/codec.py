@@ -83,13 +83,15 @@ class FrameSplitter:
             frames, pos, need = _accelerated_split(buf, self._valid_bytes, self._max)
             if need < 0:
                 self._bad_header(buf[pos], _unpack_u32(buf, pos + 1)[0], self._max)
-            if pos < len(buf):
-                self._buf = bytearray(buf[pos:] if pos else buf)
-            self._need = need
-            return frames  # type: ignore[no-any-return]
-        return self._split_exact(buf)
+        else:
+            frames, pos, need = self._split_exact(buf)
+        if pos < len(buf):  # keep the unfinished frame
+            self._buf = bytearray(buf[pos:] if pos else buf)
+        self._need = need
+        return frames  # type: ignore[no-any-return]
 
-    def _split_exact(self, buf: bytes) -> list[bytes]:
+    def _split_exact(self, buf: bytes) -> tuple[list[bytes], int, int]:
+        """The reference split: complete frames, where the rest begins, bytes it needs."""
         frames: list[bytes] = []
         append = frames.append
         pos = 0
@@ -108,10 +110,7 @@ class FrameSplitter:
                 break
             append(buf[pos:stop])
             pos = stop
-        if pos < end:
-            self._buf = bytearray(buf[pos:] if pos else buf)
-        self._need = need
-        return frames
+        return frames, pos, need
 
     def take_pending(self) -> bytes:
         """Hand over the buffered partial frame (when another reader takes the stream)."""
