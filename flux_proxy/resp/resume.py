@@ -114,7 +114,7 @@ class _ResumeConnection(asyncio.Protocol):
         during_request = self.proxy.tag.current is not None
         if command in LIVE_ONLY and during_request:
             self.live_switched = True  # a subscription cannot be answered from a recording
-        if self.live_switched or not during_request or command in LIVE_ONLY:
+        if self.live_switched or not during_request:
             if command in ("AUTH", "HELLO") and not self.live_switched and not during_request:
                 self.slots.append(_Slot(self.replay.receive(frame.raw) or b"+OK\r\n"))
                 return
