@@ -118,6 +118,65 @@ pg_split(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(Nnn)", frames, pos, need);
 }
 
+PyDoc_STRVAR(pg_batch_shape_doc,
+"pg_batch_shape(frames) -> int\n\n"
+"What a read of frontend frames is, for the session's fast path: 0 when it is not one\n"
+"extended-protocol batch ([Parse|Bind|Describe|Close]* Execute Sync), 1 when it is, 2 when\n"
+"it is exactly an unnamed Parse, Bind, Describe (portal), Execute and Sync, and 3 when it is\n"
+"that and the Parse mentions pg_type. `flux_proxy.pg.session.batch_shape_reference` is the\n"
+"reference.");
+
+/* Whether data[from:size] contains needle (memmem without _GNU_SOURCE). */
+static int
+contains(const char *data, Py_ssize_t size, Py_ssize_t from, const char *needle, Py_ssize_t n)
+{
+    while (from + n <= size) {
+        const char *hit = memchr(data + from, needle[0], (size_t)(size - from - n + 1));
+        if (hit == NULL)
+            return 0;
+        if (memcmp(hit, needle, (size_t)n) == 0)
+            return 1;
+        from = hit - data + 1;
+    }
+    return 0;
+}
+
+static PyObject *
+pg_batch_shape(PyObject *module, PyObject *frames)
+{
+    if (!PyList_CheckExact(frames)) {
+        PyErr_SetString(PyExc_TypeError, "pg_batch_shape(list of bytes)");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(frames);
+    if (n < 2)
+        return PyLong_FromLong(0);
+    const char *data[5];
+    Py_ssize_t size[5];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *frame = PyList_GET_ITEM(frames, i);
+        if (!PyBytes_CheckExact(frame) || PyBytes_GET_SIZE(frame) == 0)
+            return PyLong_FromLong(0);
+        char t = PyBytes_AS_STRING(frame)[0];
+        int ok = i == n - 1 ? t == 'S'
+                 : i == n - 2 ? t == 'E'
+                 : (t == 'P' || t == 'B' || t == 'D' || t == 'C');
+        if (!ok)
+            return PyLong_FromLong(0);
+        if (n == 5) {
+            data[i] = PyBytes_AS_STRING(frame);
+            size[i] = PyBytes_GET_SIZE(frame);
+        }
+    }
+    if (n != 5 || size[0] < 6 || size[1] < 7 || size[2] < 7 || size[3] < 6)
+        return PyLong_FromLong(1);
+    if (!(data[0][0] == 'P' && data[0][5] == 0 && data[1][0] == 'B' && data[1][5] == 0
+          && data[1][6] == 0 && data[2][0] == 'D' && data[2][5] == 'P' && data[2][6] == 0
+          && data[3][5] == 0))
+        return PyLong_FromLong(1);
+    return PyLong_FromLong(contains(data[0], size[0], 0, "pg_type", 7) ? 3 : 2);
+}
+
 /* ---------------------------------------------------------------- RESP */
 
 /* Command names repeat (GET, SET, ...): the last bytes object made for each spelling is kept,
@@ -385,6 +444,7 @@ error:
 
 static PyMethodDef methods[] = {
     {"pg_split", (PyCFunction)(void (*)(void))pg_split, METH_FASTCALL, pg_split_doc},
+    {"pg_batch_shape", (PyCFunction)pg_batch_shape, METH_O, pg_batch_shape_doc},
     {"resp_replies", (PyCFunction)(void (*)(void))resp_replies, METH_FASTCALL,
      resp_replies_doc},
     {"resp_commands", (PyCFunction)(void (*)(void))resp_commands, METH_FASTCALL,

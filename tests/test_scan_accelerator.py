@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 
 import flux_proxy.pg.codec as pg_codec
 import flux_proxy.resp.codec as resp_codec
+from flux_proxy.pg import messages as m
 from flux_proxy.pg.codec import BACKEND_TYPES, FRONTEND_TYPES, FrameSplitter
 from flux_proxy.pg.codec import ProtocolError as PgProtocolError
+from flux_proxy.pg.session import batch_shape_reference
 from flux_proxy.resp.codec import (
     CommandScanner,
     Limits,
@@ -187,3 +189,60 @@ def test_length_limit_is_the_same(limit):
     accelerated, reference = both(lambda: FrameSplitter(FRONTEND_TYPES, "frontend", limit),
                                   [blob])
     assert accelerated == reference
+
+
+# Batches as drivers send them, with names, pg_type mentions and short bodies mixed in.
+_batch_messages = st.one_of(
+    st.builds(m.Parse, st.sampled_from(["", "s1"]),
+              st.sampled_from(["SELECT 1", "SELECT typname FROM pg_type", "pg_typ"])),
+    st.builds(m.Bind, st.sampled_from(["", "p"]), st.sampled_from(["", "s1"])),
+    st.builds(m.Describe, st.sampled_from("PS"), st.sampled_from(["", "x"])),
+    st.builds(m.Execute, st.sampled_from(["", "p"])),
+    st.builds(m.Close, st.sampled_from("PS"), st.just("")),
+    st.just(m.Sync()), st.just(m.Flush()), st.builds(m.Query, st.just("SELECT 1")),
+).map(lambda message: message.encode())
+
+
+# The usual five-message batch with one or two positions swapped for a near miss.
+_USUAL = [m.Parse("", "SELECT 1"), m.Bind("", ""), m.Describe("P", ""), m.Execute(), m.Sync()]
+_NEAR_MISSES = [
+    [m.Parse("", "SELECT oid FROM pg_type"), m.Parse("s", "SELECT 1"), m.Bind("", "")],
+    [m.Bind("p", ""), m.Bind("", "s"), m.Describe("P", "")],
+    [m.Describe("S", ""), m.Describe("P", "p"), m.Close("P", "")],
+    [m.Execute("p"), m.Sync()],
+    [m.Flush(), m.Execute()],
+]
+_near_usual = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 2)), max_size=2).map(
+    lambda swaps: [x.encode() for x in _swap(_USUAL, swaps)])
+
+
+def _swap(messages: list[m.Message], swaps: list[tuple[int, int]]) -> list[m.Message]:
+    out = list(messages)
+    for at, choice in swaps:
+        out[at] = _NEAR_MISSES[at][choice % len(_NEAR_MISSES[at])]
+    return out
+
+
+@SETTINGS
+@given(st.one_of(
+    st.lists(st.one_of(_batch_messages, _batch_messages.map(lambda f: f[:5])), max_size=7),
+    _near_usual,
+    _near_usual.flatmap(lambda frames: st.integers(0, 4).map(
+        lambda i: [*frames[:i], frames[i][:5], *frames[i + 1:]])),  # one short body
+))
+def test_batch_shape_matches_the_reference(frames):
+    from flux_proxy._scan import pg_batch_shape
+
+    assert pg_batch_shape(frames) == batch_shape_reference(frames)
+
+
+def test_batch_shapes():
+    from flux_proxy._scan import pg_batch_shape
+
+    usual = [m.Parse("", "SELECT 1"), m.Bind("", ""), m.Describe("P", ""), m.Execute(),
+             m.Sync()]
+    catalog = [m.Parse("", "SELECT oid FROM pg_type"), *usual[1:]]
+    named = [m.Parse("s", "SELECT 1"), *usual[1:]]
+    for messages, shape in [(usual, 2), (catalog, 3), (named, 1), (usual[1:], 1),
+                            (usual[:4], 0), ([m.Query("SELECT 1")], 0), (usual + usual, 0)]:
+        assert pg_batch_shape([x.encode() for x in messages]) == shape

@@ -46,19 +46,42 @@ _COMPLETES: dict[int, bytes] = {
     _P: b"1", _B: b"2", _C: b"3", _D: b"Tn", _E: b"CIs", _S: b"Z", _Q: b"Z", _F: b"Z"}
 _EXTENDED_COMPLETES = {t: _COMPLETES[t] for t in _EXTENDED}
 _ERROR_ENDS_REPLY = frozenset(_EXTENDED)  # an error answers it, then the server skips to Sync
-_WHOLE = -1  # queue kind of a fast-path batch: one exchange answered up to its ReadyForQuery
-_ANSWERED_TO_READY = frozenset((_WHOLE, _Q, _F))  # one exchange, all of it up to the Z
+# Queue kinds of a fast-path batch (one read holding one whole Execute batch): one exchange,
+# answered by everything up to its ReadyForQuery. The negated `batch_shape` of the read.
+_WHOLE, _WHOLE_UNNAMED, _WHOLE_UNNAMED_CATALOG = -1, -2, -3
+_ANSWERED_TO_READY = frozenset((_WHOLE, _WHOLE_UNNAMED, _WHOLE_UNNAMED_CATALOG, _Q, _F))
 _BATCH_HEAD = frozenset(b"PBDC")
 
+SHAPE_NONE, SHAPE_BATCH, SHAPE_UNNAMED, SHAPE_UNNAMED_CATALOG = range(4)
 
-def _one_batch(frames: list[bytes]) -> bool:
-    """[Parse|Bind|Describe|Close]* Execute Sync: one Execute, so one exchange."""
-    head = _BATCH_HEAD
-    for i in range(len(frames) - 2):  # noqa: SIM110 - a plain loop: this is the hot path
-        if frames[i][0] not in head:
-            return False
-    return True
 
+def batch_shape_reference(frames: list[bytes]) -> int:
+    """What a read of client frames is: SHAPE_NONE unless it is one extended batch,
+    [Parse|Bind|Describe|Close]* Execute Sync (SHAPE_BATCH); SHAPE_UNNAMED when it is exactly
+    the unnamed Parse, Bind, Describe (portal), Execute, Sync most drivers send per query, and
+    SHAPE_UNNAMED_CATALOG when that Parse also mentions pg_type. The C version is used."""
+    n = len(frames)
+    if n < 2 or frames[-1][0] != _S or frames[-2][0] != _E:
+        return SHAPE_NONE
+    for frame in frames[:-2]:
+        if frame[0] not in _BATCH_HEAD:
+            return SHAPE_NONE
+    if n != 5:
+        return SHAPE_BATCH
+    parse, bind, describe, execute, _ = frames
+    if len(parse) < 6 or len(bind) < 7 or len(describe) < 7 or len(execute) < 6:
+        return SHAPE_BATCH  # malformed: the general path records it as failed
+    if not (parse[0] == _P and parse[5] == 0 and bind[0] == _B and bind[5] == 0
+            and bind[6] == 0 and describe[0] == _D and describe[5] == _PORTAL
+            and describe[6] == 0 and execute[5] == 0):
+        return SHAPE_BATCH
+    return SHAPE_UNNAMED_CATALOG if b"pg_type" in parse else SHAPE_UNNAMED
+
+
+try:
+    from flux_proxy._scan import pg_batch_shape as batch_shape
+except ImportError:  # pragma: no cover - only without a compiler at install time
+    batch_shape = batch_shape_reference
 
 
 class PgSession:
@@ -90,19 +113,19 @@ class PgSession:
     def client_frames(self, frames: list[bytes], now: float) -> None:
         """Frames the client sent (the session may keep the list: pass a fresh one)."""
         queue = self._queue
-        if (len(frames) > 1 and frames[-1][0] == _S and frames[-2][0] == _E
-                and self._batch is None and self._tail is None and not self._server_skipping
-                and _one_batch(frames)):
-            # Fast path: one complete Parse/Bind/Describe/Execute/Sync batch, the usual shape.
-            # It is one exchange, and everything up to its ReadyForQuery answers it.
-            self.seq += 1
-            ex = PgExchange(self.connection, self.seq, KIND_EXTENDED, self.tag.current, now,
-                            client_frames=frames)  # the caller hands the list over
-            ex.has_execute = True
-            ex.pending = 1
-            ex.sealed = True
-            queue.append((_WHOLE, b"Z", ex))
-            return
+        if self._batch is None and self._tail is None and not self._server_skipping:
+            shape = batch_shape(frames)
+            if shape:
+                # Fast path: one complete batch with one Execute, the usual shape. It is one
+                # exchange, and everything up to its ReadyForQuery answers it.
+                self.seq += 1
+                ex = PgExchange(self.connection, self.seq, KIND_EXTENDED, self.tag.current, now,
+                                client_frames=frames)  # the caller hands the list over
+                ex.has_execute = True
+                ex.pending = 1
+                ex.sealed = True
+                queue.append((-shape, b"Z", ex))
+                return
         for frame in frames:
             t = frame[0]
             completes = _EXTENDED_COMPLETES.get(t)
@@ -211,7 +234,13 @@ class PgSession:
                     self.tx_status = chr(ready[5])
                 ex.pending = 0
                 ex.last_at = now
-                self._complete(ex)
+                if kind <= _WHOLE_UNNAMED:
+                    ex.done = True
+                    ex.duration = now - ex.started_at
+                    self._unnamed_query(ex, kind == _WHOLE_UNNAMED_CATALOG)
+                    self.sink(ex)
+                else:
+                    self._complete(ex)
                 return
         i, n = 0, len(frames)
         while i < n:
@@ -220,7 +249,7 @@ class PgSession:
                 i += 1
                 continue
             kind, completes, ex = queue[0]
-            if kind == _WHOLE:
+            if kind < 0:  # a fast-path batch
                 i = self._whole_reply(ex, frames, i, n, now)
                 continue
             frame = frames[i]
@@ -278,7 +307,7 @@ class PgSession:
         """
         queue = self._queue
         while queue and queue[0][0] != _S:
-            if queue[0][0] == _WHOLE:  # its own Sync ends the skipping; only that is answered
+            if queue[0][0] < 0:  # a fast-path batch: its Sync ends the skipping
                 queue[0][2].failed = True
                 break
             _, _, skipped = queue.popleft()
@@ -353,8 +382,12 @@ class PgSession:
                 ex.lifetime = Lifetime.CONNECTION
             if self.tx_status == "I" and self.portals:
                 self.portals.clear()
-        elif kind == KIND_EXTENDED and not self._unnamed_query(ex):
-            self._complete_extended(ex)
+        elif kind == KIND_EXTENDED:
+            shape = batch_shape(ex.client_frames)
+            if shape >= SHAPE_UNNAMED:
+                self._unnamed_query(ex, shape == SHAPE_UNNAMED_CATALOG)
+            else:
+                self._complete_extended(ex)
         if ex.broken is not None:
             ex.failed = True
         self.sink(ex)
@@ -376,30 +409,19 @@ class PgSession:
             # more, and a recorded exchange then keeps one object less alive.
             ex.statement = None
 
-    def _unnamed_query(self, ex: PgExchange) -> bool:
-        """`_complete_extended` for the shape most drivers send per query: Parse, Bind,
-        Describe (portal), Execute and Sync, all unnamed. True when `ex` had that shape and is
-        done."""
-        frames = ex.client_frames
-        if len(frames) != 5:
-            return False
-        parse, bind, describe, execute, _ = frames
-        if len(parse) < 6 or len(bind) < 7 or len(describe) < 7 or len(execute) < 6:
-            return False  # malformed: the general path records it as failed
-        if not (parse[0] == _P and parse[5] == 0 and bind[0] == _B and bind[5] == 0
-                and bind[6] == 0 and describe[0] == _D and describe[5] == _PORTAL
-                and describe[6] == 0 and execute[0] == _E and execute[5] == 0):
-            return False
+    def _unnamed_query(self, ex: PgExchange, mentions_pg_type: bool) -> None:
+        """`_complete_extended` for the batch most drivers send per query (SHAPE_UNNAMED):
+        its statement is its own Parse, so the semantics need no snapshot of it."""
+        parse, bind = ex.client_frames[0], ex.client_frames[1]
         statement = StatementInfo(b"", parse)
         self.statements[b""] = statement
-        if self.tx_status == "I":
-            self.portals.clear()  # as at any Sync outside a transaction
-        else:
+        if self.tx_status != "I":
             self.portals[b""] = (bind, statement)
+        elif self.portals:
+            self.portals.clear()  # as at any Sync outside a transaction
         ex.bind = bind
-        if b"pg_type" in parse and statement.reads_only_catalog():
+        if mentions_pg_type and statement.reads_only_catalog():
             ex.lifetime = Lifetime.CONNECTION
-        return True  # its statement is its own Parse: the semantics need no snapshot
 
     def _apply_extended(self, ex: PgExchange) -> StatementInfo | None:
         """Update statements/portals from the exchange's frames; snapshot what it used.

@@ -107,7 +107,7 @@ def test_one_write_batch_takes_the_fast_path_and_records_the_same() -> None:
     batch = (m.Parse("", "SELECT $1::text"), m.Bind("", "", (), (b"a",), ()),
              m.Describe("P", ""), m.Execute(), m.Sync())
     h.client(*batch)
-    assert h.session._queue[0][0] == -1  # one queue entry for the whole batch
+    assert h.session._queue[0][0] < 0  # one queue entry for the whole batch
     h.server(m.ParseComplete(), m.BindComplete(), rows_of(("text", TEXT)))
     h.server(m.DataRow((b"a",)), m.CommandComplete("SELECT 1"), m.ReadyForQuery("T"))
     slow = Harness()

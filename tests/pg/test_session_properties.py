@@ -128,7 +128,8 @@ def test_the_unnamed_query_shortcut_records_what_the_general_path_does(
         exchanges: list[Exchange] = []
         session = PgSession(1, exchanges.append, RequestTag())
         if not shortcut:
-            session._unnamed_query = lambda ex: False  # type: ignore[method-assign]
+            general = session._complete_extended
+            session._unnamed_query = lambda ex, _catalog: general(ex)  # type: ignore[method-assign]
         for number, (shape, status) in enumerate(steps):
             bind = m.Bind("", "", (0,), (str(number).encode(),), (0,))
             if shape == "query":
