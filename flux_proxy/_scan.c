@@ -92,10 +92,8 @@ pg_split(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     const char *data = PyBytes_AS_STRING(buf);
     Py_ssize_t size = PyBytes_GET_SIZE(buf);
-    PyObject *frames = PyList_New(0);
-    if (frames == NULL)
-        return NULL;
-    Py_ssize_t pos = 0, need = 5;
+    /* Headers first, so the list is made at its size; then the frames. */
+    Py_ssize_t pos = 0, need = 5, count = 0;
     while (pos + 5 <= size) {
         const unsigned char *h = (const unsigned char *)data + pos;
         unsigned long long length = ((unsigned long long)h[1] << 24) | (h[2] << 16)
@@ -109,13 +107,39 @@ pg_split(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             need = stop - pos;
             break;
         }
-        if (append_new(frames, slice(buf, data, size, pos, stop)) < 0) {
+        pos = stop;
+        count++;
+    }
+    PyObject *frames = PyList_New(count);
+    if (frames == NULL)
+        return NULL;
+    Py_ssize_t at = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const unsigned char *h = (const unsigned char *)data + at;
+        Py_ssize_t stop = at + 5 + (Py_ssize_t)(((size_t)h[1] << 24) | (h[2] << 16)
+                                                | (h[3] << 8) | h[4]) - 4;
+        PyObject *frame = slice(buf, data, size, at, stop);
+        if (frame == NULL) {
             Py_DECREF(frames);
             return NULL;
         }
-        pos = stop;
+        PyList_SET_ITEM(frames, i, frame);
+        at = stop;
     }
-    return Py_BuildValue("(Nnn)", frames, pos, need);
+    PyObject *result = PyTuple_New(3);
+    PyObject *pos_object = PyLong_FromSsize_t(pos);
+    PyObject *need_object = PyLong_FromSsize_t(need);
+    if (result == NULL || pos_object == NULL || need_object == NULL) {
+        Py_XDECREF(result);
+        Py_XDECREF(pos_object);
+        Py_XDECREF(need_object);
+        Py_DECREF(frames);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, frames);
+    PyTuple_SET_ITEM(result, 1, pos_object);
+    PyTuple_SET_ITEM(result, 2, need_object);
+    return result;
 }
 
 PyDoc_STRVAR(pg_batch_shape_doc,

@@ -69,6 +69,18 @@ class FrameSplitter:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
+        if self._buf or self._error is not None or type(data) is not bytes:
+            return self._feed_more(data)
+        if _accelerated_split is None:
+            frames, pos, need = self._split_exact(data)
+        else:  # the usual read: nothing buffered, and the C split
+            frames, pos, need = _accelerated_split(data, self._valid_bytes, self._max)
+        if pos != len(data):
+            self._keep_rest(data, pos, need)
+        return frames  # type: ignore[no-any-return]
+
+    def _feed_more(self, data: bytes) -> list[bytes]:
+        """A read that continues a buffered frame (or is not `bytes`, or follows an error)."""
         if self._error is not None:
             raise self._error
         if self._buf:
@@ -78,17 +90,21 @@ class FrameSplitter:
             buf = bytes(self._buf)
             self._buf = bytearray()
         else:
-            buf = data if type(data) is bytes else bytes(data)
-        if _accelerated_split is not None:
-            frames, pos, need = _accelerated_split(buf, self._valid_bytes, self._max)
-            if need < 0:
-                self._bad_header(buf[pos], _unpack_u32(buf, pos + 1)[0], self._max)
-        else:
+            buf = bytes(data)
+        if _accelerated_split is None:
             frames, pos, need = self._split_exact(buf)
-        if pos < len(buf):  # keep the unfinished frame
-            self._buf = bytearray(buf[pos:] if pos else buf)
-        self._need = need
+        else:
+            frames, pos, need = _accelerated_split(buf, self._valid_bytes, self._max)
+        if pos != len(buf):
+            self._keep_rest(buf, pos, need)
         return frames  # type: ignore[no-any-return]
+
+    def _keep_rest(self, buf: bytes, pos: int, need: int) -> None:
+        """Keep the unfinished frame at `pos`, which needs `need` bytes (-1: a bad header)."""
+        if need < 0:
+            self._bad_header(buf[pos], _unpack_u32(buf, pos + 1)[0], self._max)
+        self._buf = bytearray(buf[pos:] if pos else buf)
+        self._need = need
 
     def _split_exact(self, buf: bytes) -> tuple[list[bytes], int, int]:
         """The reference split: complete frames, where the rest begins, bytes it needs."""

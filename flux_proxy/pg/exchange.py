@@ -22,13 +22,16 @@ KIND_SESSION = "session"
 
 
 class PgExchange(Exchange):
-    __slots__ = ("_lazy", "bind", "broken", "done", "has_execute", "kind", "last_at",
-                 "pending", "sealed", "statement")
+    """Built once per exchange on the proxy's hot path, so `__init__` sets only what varies:
+    the protocol is a class constant, and `request`/`response` stay unset until first read."""
+
+    __slots__ = ("bind", "broken", "done", "has_execute", "kind", "last_at", "pending",
+                 "sealed", "statement")
+    protocol = Protocol.POSTGRES  # type: ignore[assignment]  # shadows the base slot: read-only
 
     def __init__(self, connection: int, seq: int, kind: str, request_id: str | None,
                  started_at: float, lifetime: Lifetime = Lifetime.REQUEST,
                  client_frames: list[bytes] | None = None) -> None:
-        self.protocol = Protocol.POSTGRES
         self.connection = connection
         self.seq = seq
         self.lifetime = lifetime
@@ -39,7 +42,6 @@ class PgExchange(Exchange):
         self.server_frames = []
         self.source = None
         self.failed = False
-        self._lazy = True
         # Assembly state (see PgSession)
         self.kind = kind
         self.last_at = started_at
@@ -53,31 +55,42 @@ class PgExchange(Exchange):
         self.broken: str | None = None
 
     def _decode(self) -> None:
-        self._lazy = False
         context = ExchangeContext(self.kind, self.statement, self.bind, self.broken)
         request, response = build_semantics(self.client_frames, self.server_frames, context)
         _request_slot.__set__(self, request)
         _response_slot.__set__(self, response)
 
-    def _get_request(self) -> dict[str, Any]:
-        if self._lazy:
-            self._decode()
-        return _request_slot.__get__(self)  # type: ignore[no-any-return]
+    def _decoded(self) -> bool:
+        try:
+            _response_slot.__get__(self)
+        except AttributeError:
+            return False
+        return True
 
-    def _set_request(self, value: dict[str, Any]) -> None:
-        if self._lazy:
-            self._decode()  # a later assignment must not be overwritten by the decode
+    @property  # type: ignore[override]
+    def request(self) -> dict[str, Any]:
+        try:
+            return _request_slot.__get__(self)  # type: ignore[no-any-return]
+        except AttributeError:  # not read yet: decode both from the raw frames
+            self._decode()
+            return _request_slot.__get__(self)  # type: ignore[no-any-return]
+
+    @request.setter
+    def request(self, value: dict[str, Any]) -> None:
+        if not self._decoded():
+            self._decode()  # a later decode must not overwrite this assignment
         _request_slot.__set__(self, value)
 
-    def _get_response(self) -> dict[str, Any]:
-        if self._lazy:
+    @property  # type: ignore[override]
+    def response(self) -> dict[str, Any]:
+        try:
+            return _response_slot.__get__(self)  # type: ignore[no-any-return]
+        except AttributeError:
             self._decode()
-        return _response_slot.__get__(self)  # type: ignore[no-any-return]
+            return _response_slot.__get__(self)  # type: ignore[no-any-return]
 
-    def _set_response(self, value: dict[str, Any]) -> None:
-        if self._lazy:
+    @response.setter
+    def response(self, value: dict[str, Any]) -> None:
+        if not self._decoded():
             self._decode()
         _response_slot.__set__(self, value)
-
-    request = property(_get_request, _set_request)  # type: ignore[assignment]
-    response = property(_get_response, _set_response)  # type: ignore[assignment]

@@ -413,8 +413,13 @@ class PgSession:
         """`_complete_extended` for the batch most drivers send per query (SHAPE_UNNAMED):
         its statement is its own Parse, so the semantics need no snapshot of it."""
         parse, bind = ex.client_frames[0], ex.client_frames[1]
-        statement = StatementInfo(b"", parse)
-        self.statements[b""] = statement
+        statement = self.statements.get(b"")
+        if (statement is None or statement.parse != parse
+                or statement.param_description is not None
+                or statement.row_description is not None):
+            # Drivers parse the same SQL again and again: an undescribed statement of the
+            # same Parse is what a new one would be, so it is kept.
+            statement = self.statements[b""] = StatementInfo(b"", parse)
         if self.tx_status != "I":
             self.portals[b""] = (bind, statement)
         elif self.portals:

@@ -281,7 +281,7 @@ def test_semantics_are_decoded_lazily_and_assignments_stick() -> None:
     h.client(m.Query("SELECT 1"))
     h.server(m.CommandComplete("SELECT 0"), m.ReadyForQuery("I"))
     [ex] = h.exchanges
-    assert ex._lazy  # type: ignore[attr-defined]
+    assert not ex._decoded()  # type: ignore[attr-defined]
     ex.response = {"replaced": True}
     assert ex.response == {"replaced": True} and ex.request["sql"] == "SELECT 1"
     doc = ex.to_json(frames=True)
