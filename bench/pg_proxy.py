@@ -52,26 +52,29 @@ def transactions(output: str) -> int:
     return int(match.group(1))
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def report(args: argparse.Namespace, names: list[str],
            results: dict[tuple[str, str], list[float]],
-           cpu: dict[tuple[str, str], list[float]]) -> None:
+           cpu: dict[tuple[str, str], list[float]],
+           user: dict[tuple[str, str], list[float]]) -> None:
     """tps (median and best of the rounds), proxy CPU per transaction, and ratios: each is
     the median of the per-round ratios, since runs of one round saw the same machine load."""
     print(f"pgbench -S -c {args.clients} -T {args.seconds}, {args.rounds} interleaved rounds, "
           f"record mode ({'eager' if args.eager else 'lazy'} semantics, sink keeps "
           f"{args.keep or 'all'} exchanges)")
     print(f"{'protocol':<9} {'target':<10} {'tps median':>10} {'tps best':>9} "
-          f"{'proxy CPU/tx':>13}")
+          f"{'proxy CPU/tx':>13} {'of it user':>11}")
     for mode in ("simple", "extended"):
         for name in names:
             runs = results[(mode, name)]
-            cpu_text = (f"{statistics.median(cpu[(mode, name)]):>10.1f} us"
+            cpu_text = (f"{statistics.median(cpu[(mode, name)]):>10.1f} us "
+                        f"{statistics.median(user[(mode, name)]):>8.1f} us"
                         if (mode, name) in cpu else f"{'-':>13}")
             print(f"{mode:<9} {name:<10} {statistics.median(runs):>10.0f} {max(runs):>9.0f} "
                   f"{cpu_text}")
@@ -256,18 +259,23 @@ def main() -> None:
             pids["relay"] = relay.pid
         results: dict[tuple[str, str], list[float]] = {}
         cpu: dict[tuple[str, str], list[float]] = {}
+        user: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.rounds):
             for mode in ("simple", "extended"):
                 for name, port in targets.items():
-                    before = cpu_seconds(pids[name]) if name in pids else 0.0
+                    before = cpu_seconds(pids[name]) if name in pids else (0.0, 0.0)
                     out = pgbench(port, cluster.database, "-S", "-c", str(args.clients),
                                   "-T", str(args.seconds), "-M", mode)
                     results.setdefault((mode, name), []).append(tps(out))
                     if name in pids:
-                        used = cpu_seconds(pids[name]) - before
-                        cpu.setdefault((mode, name), []).append(used / transactions(out) * 1e6)
+                        after = cpu_seconds(pids[name])
+                        count = transactions(out)
+                        used = after[0] + after[1] - before[0] - before[1]
+                        cpu.setdefault((mode, name), []).append(used / count * 1e6)
+                        user.setdefault((mode, name), []).append(
+                            (after[0] - before[0]) / count * 1e6)
                     time.sleep(0.5)
-        report(args, list(targets), results, cpu)
+        report(args, list(targets), results, cpu, user)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)

@@ -11,6 +11,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <string.h>
 
 /* Bytes of buf[start:stop], reusing buf itself when the slice is all of it. */
@@ -199,6 +200,74 @@ pg_batch_shape(PyObject *module, PyObject *frames)
           && data[3][5] == 0))
         return PyLong_FromLong(1);
     return PyLong_FromLong(contains(data[0], size[0], 0, "pg_type", 7) ? 3 : 2);
+}
+
+/* ---------------------------------------------------------------- exchange objects */
+
+PyDoc_STRVAR(slot_offsets_doc,
+"slot_offsets(cls, names) -> bytes\n\n"
+"Where each named __slots__ member of `cls` lives in its instances, packed for\n"
+"new_with_slots. Raises TypeError if a name is not a slot of `cls` or its bases.");
+
+static PyObject *
+slot_offsets(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyType_Check(args[0]) || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "slot_offsets(type, tuple of str)");
+        return NULL;
+    }
+    PyTypeObject *cls = (PyTypeObject *)args[0];
+    Py_ssize_t n = PyTuple_GET_SIZE(args[1]);
+    PyObject *packed = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(Py_ssize_t));
+    if (packed == NULL)
+        return NULL;
+    Py_ssize_t *out = (Py_ssize_t *)PyBytes_AS_STRING(packed);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PyTuple_GET_ITEM(args[1], i);
+        PyObject *descr = _PyType_Lookup(cls, name);  /* borrowed */
+        if (descr == NULL || Py_TYPE(descr) != &PyMemberDescr_Type
+                || ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+            PyErr_Format(PyExc_TypeError, "%R is not a slot of %R", name, cls);
+            Py_DECREF(packed);
+            return NULL;
+        }
+        out[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
+    return packed;
+}
+
+PyDoc_STRVAR(new_with_slots_doc,
+"new_with_slots(cls, offsets, *values) -> cls instance\n\n"
+"An instance of `cls` (allocated, not __init__-ed) with each slot of `offsets` (from\n"
+"slot_offsets) set to the matching value; slots not named stay unset. What a Python\n"
+"__init__ that only stores its arguments does, without its call overhead.");
+
+static PyObject *
+new_with_slots(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 2 || !PyType_Check(args[0]) || !PyBytes_CheckExact(args[1])
+            || PyBytes_GET_SIZE(args[1]) != (nargs - 2) * (Py_ssize_t)sizeof(Py_ssize_t)) {
+        PyErr_SetString(PyExc_TypeError, "new_with_slots(type, offsets, *one value each)");
+        return NULL;
+    }
+    PyTypeObject *cls = (PyTypeObject *)args[0];
+    const Py_ssize_t *offsets = (const Py_ssize_t *)PyBytes_AS_STRING(args[1]);
+    for (Py_ssize_t i = 0; i < nargs - 2; i++) {
+        if (offsets[i] < (Py_ssize_t)sizeof(PyObject)
+                || offsets[i] + (Py_ssize_t)sizeof(PyObject *) > cls->tp_basicsize) {
+            PyErr_SetString(PyExc_ValueError, "offsets do not belong to this type");
+            return NULL;
+        }
+    }
+    PyObject *obj = cls->tp_alloc(cls, 0);
+    if (obj == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < nargs - 2; i++) {
+        PyObject **slot = (PyObject **)((char *)obj + offsets[i]);
+        Py_INCREF(args[i + 2]);
+        Py_XSETREF(*slot, args[i + 2]);
+    }
+    return obj;
 }
 
 /* ---------------------------------------------------------------- RESP */
@@ -469,6 +538,10 @@ error:
 static PyMethodDef methods[] = {
     {"pg_split", (PyCFunction)(void (*)(void))pg_split, METH_FASTCALL, pg_split_doc},
     {"pg_batch_shape", (PyCFunction)pg_batch_shape, METH_O, pg_batch_shape_doc},
+    {"slot_offsets", (PyCFunction)(void (*)(void))slot_offsets, METH_FASTCALL,
+     slot_offsets_doc},
+    {"new_with_slots", (PyCFunction)(void (*)(void))new_with_slots, METH_FASTCALL,
+     new_with_slots_doc},
     {"resp_replies", (PyCFunction)(void (*)(void))resp_replies, METH_FASTCALL,
      resp_replies_doc},
     {"resp_commands", (PyCFunction)(void (*)(void))resp_commands, METH_FASTCALL,

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import flux_proxy.pg.codec as pg_codec
 import flux_proxy.resp.codec as resp_codec
+from flux_proxy.model import Exchange
 from flux_proxy.pg import messages as m
 from flux_proxy.pg.codec import BACKEND_TYPES, FRONTEND_TYPES, FrameSplitter
 from flux_proxy.pg.codec import ProtocolError as PgProtocolError
@@ -246,3 +247,42 @@ def test_batch_shapes():
     for messages, shape in [(usual, 2), (catalog, 3), (named, 1), (usual[1:], 1),
                             (usual[:4], 0), ([m.Query("SELECT 1")], 0), (usual + usual, 0)]:
         assert pg_batch_shape([x.encode() for x in messages]) == shape
+
+
+def test_whole_exchange_in_c_is_the_python_one():
+    """The session's fast-path exchange is built by `new_with_slots`; without the extension,
+    by `PgExchange(...)`: every field, and the undecoded semantics, must be the same."""
+    import flux_proxy.pg.exchange as exchange_module
+    from flux_proxy.pg.exchange import PgExchange, whole_exchange
+
+    names = [*Exchange.__dataclass_fields__, *PgExchange.__slots__]
+    frames = [m.Query("SELECT 1").encode()]
+    built = whole_exchange(3, 7, "simple", "req", 1.5, frames, False)
+    saved, exchange_module._whole_offsets = exchange_module._whole_offsets, None
+    try:
+        reference = whole_exchange(3, 7, "simple", "req", 1.5, frames, False)
+    finally:
+        exchange_module._whole_offsets = saved
+    for name in names:
+        if name not in ("request", "response"):
+            assert getattr(built, name) == getattr(reference, name), name
+    assert built.server_frames is not reference.server_frames  # each its own list
+    assert not built._decoded() and not reference._decoded()
+    assert built.request == reference.request and built.request["sql"] == "SELECT 1"
+
+
+def test_new_with_slots_refuses_what_is_not_a_slot():
+    from flux_proxy._scan import new_with_slots, slot_offsets
+
+    class Point:
+        __slots__ = ("x", "y")
+
+    with pytest.raises(TypeError):
+        slot_offsets(Point, ("z",))
+    offsets = slot_offsets(Point, ("x",))
+    with pytest.raises(TypeError):
+        new_with_slots(Point, offsets, 1, 2)  # one value per offset
+    with pytest.raises(ValueError):
+        new_with_slots(object, offsets, 1)  # offsets of another type
+    point = new_with_slots(Point, offsets, 5)
+    assert point.x == 5 and not hasattr(point, "y")

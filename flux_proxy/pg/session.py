@@ -29,6 +29,7 @@ from flux_proxy.pg.exchange import (
     KIND_SESSION,
     KIND_SIMPLE,
     PgExchange,
+    whole_exchange,
 )
 from flux_proxy.pg.semantic import StatementInfo, sql_reads_only_catalog
 
@@ -51,6 +52,7 @@ _ERROR_ENDS_REPLY = frozenset(_EXTENDED)  # an error answers it, then the server
 _WHOLE, _WHOLE_UNNAMED, _WHOLE_UNNAMED_CATALOG = -1, -2, -3
 _ANSWERED_TO_READY = frozenset((_WHOLE, _WHOLE_UNNAMED, _WHOLE_UNNAMED_CATALOG, _Q, _F))
 _BATCH_HEAD = frozenset(b"PBDC")
+_TX_STATUS = tuple(chr(b) for b in range(256))  # ReadyForQuery's status byte as a str
 
 SHAPE_NONE, SHAPE_BATCH, SHAPE_UNNAMED, SHAPE_UNNAMED_CATALOG = range(4)
 
@@ -114,17 +116,19 @@ class PgSession:
         """Frames the client sent (the session may keep the list: pass a fresh one)."""
         queue = self._queue
         if self._batch is None and self._tail is None and not self._server_skipping:
-            shape = batch_shape(frames)
-            if shape:
-                # Fast path: one complete batch with one Execute, the usual shape. It is one
-                # exchange, and everything up to its ReadyForQuery answers it.
+            # Fast path: the read is one simple Query, or one complete extended batch with one
+            # Execute (the usual shapes). It is one exchange, answered by everything up to
+            # its ReadyForQuery.
+            if len(frames) == 1 and frames[0][0] == _Q:
+                kind, exchange_kind = _Q, KIND_SIMPLE
+            else:
+                shape = batch_shape(frames)
+                kind, exchange_kind = -shape, KIND_EXTENDED
+            if kind:
                 self.seq += 1
-                ex = PgExchange(self.connection, self.seq, KIND_EXTENDED, self.tag.current, now,
-                                client_frames=frames)  # the caller hands the list over
-                ex.has_execute = True
-                ex.pending = 1
-                ex.sealed = True
-                queue.append((-shape, b"Z", ex))
+                queue.append((kind, b"Z", whole_exchange(
+                    self.connection, self.seq, exchange_kind, self.tag.current, now,
+                    frames, kind < 0)))  # the caller hands the list over
                 return
         for frame in frames:
             t = frame[0]
@@ -231,10 +235,15 @@ class PgSession:
                 queue.popleft()
                 ready = frames[-1]
                 if len(ready) > 5:
-                    self.tx_status = chr(ready[5])
+                    self.tx_status = _TX_STATUS[ready[5]]
                 ex.pending = 0
                 ex.last_at = now
-                if kind <= _WHOLE_UNNAMED:
+                if kind == _Q:
+                    ex.done = True
+                    ex.duration = now - ex.started_at
+                    self._simple_query(ex)
+                    self.sink(ex)
+                elif kind <= _WHOLE_UNNAMED:
                     ex.done = True
                     ex.duration = now - ex.started_at
                     self._unnamed_query(ex, kind == _WHOLE_UNNAMED_CATALOG)
@@ -377,11 +386,7 @@ class PgSession:
         ex.duration = ex.last_at - ex.started_at
         kind = ex.kind
         if kind == KIND_SIMPLE:
-            sql = ex.client_frames[0]
-            if b"pg_type" in sql and sql_reads_only_catalog(sql[5:]):
-                ex.lifetime = Lifetime.CONNECTION
-            if self.tx_status == "I" and self.portals:
-                self.portals.clear()
+            self._simple_query(ex)
         elif kind == KIND_EXTENDED:
             shape = batch_shape(ex.client_frames)
             if shape >= SHAPE_UNNAMED:
@@ -391,6 +396,13 @@ class PgSession:
         if ex.broken is not None:
             ex.failed = True
         self.sink(ex)
+
+    def _simple_query(self, ex: PgExchange) -> None:
+        query = ex.client_frames[0]
+        if query.find(b"pg_type") >= 0 and sql_reads_only_catalog(query[5:]):
+            ex.lifetime = Lifetime.CONNECTION
+        if self.portals and self.tx_status == "I":
+            self.portals.clear()
 
     def _complete_extended(self, ex: PgExchange) -> None:
         """Statements, portals and lifetime after an extended-protocol exchange."""
