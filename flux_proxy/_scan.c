@@ -147,9 +147,9 @@ PyDoc_STRVAR(pg_batch_shape_doc,
 "pg_batch_shape(frames) -> int\n\n"
 "What a read of frontend frames is, for the session's fast path: 0 when it is not one\n"
 "extended-protocol batch ([Parse|Bind|Describe|Close]* Execute Sync), 1 when it is, 2 when\n"
-"it is exactly an unnamed Parse, Bind, Describe (portal), Execute and Sync, and 3 when it is\n"
-"that and the Parse mentions pg_type. `flux_proxy.pg.session.batch_shape_reference` is the\n"
-"reference.");
+"it is exactly an unnamed Parse, Bind, Describe (portal), Execute and Sync, 3 when it is\n"
+"that and the Parse mentions pg_type, and 4 when it is one simple Query.\n"
+"`flux_proxy.pg.session.batch_shape_reference` is the reference.");
 
 /* Whether data[from:size] contains needle (memmem without _GNU_SOURCE). */
 static int
@@ -166,6 +166,47 @@ contains(const char *data, Py_ssize_t size, Py_ssize_t from, const char *needle,
     return 0;
 }
 
+/* A read's frames as the shape classifier sees them, one frame at a time. */
+typedef struct {
+    Py_ssize_t n;  /* frames so far */
+    Py_ssize_t others;  /* frames that are not Parse, Bind, Describe or Close */
+    char before_last, last;
+    const char *data[5];
+    Py_ssize_t size[5];
+} Shape;
+
+static void
+shape_add(Shape *shape, const char *data, Py_ssize_t size)
+{
+    char t = data[0];
+    if (shape->n < 5) {
+        shape->data[shape->n] = data;
+        shape->size[shape->n] = size;
+    }
+    shape->n++;
+    shape->others += !(t == 'P' || t == 'B' || t == 'D' || t == 'C');
+    shape->before_last = shape->last;
+    shape->last = t;
+}
+
+static long
+shape_result(const Shape *shape)
+{
+    const char *const *data = shape->data;
+    const Py_ssize_t *size = shape->size;
+    if (shape->n == 1 && shape->last == 'Q')
+        return 4;
+    if (shape->n < 2 || shape->last != 'S' || shape->before_last != 'E' || shape->others != 2)
+        return 0;
+    if (shape->n != 5 || size[0] < 6 || size[1] < 7 || size[2] < 7 || size[3] < 6)
+        return 1;
+    if (!(data[0][0] == 'P' && data[0][5] == 0 && data[1][0] == 'B' && data[1][5] == 0
+          && data[1][6] == 0 && data[2][0] == 'D' && data[2][5] == 'P' && data[2][6] == 0
+          && data[3][5] == 0))
+        return 1;
+    return contains(data[0], size[0], 0, "pg_type", 7) ? 3 : 2;
+}
+
 static PyObject *
 pg_batch_shape(PyObject *module, PyObject *frames)
 {
@@ -173,33 +214,105 @@ pg_batch_shape(PyObject *module, PyObject *frames)
         PyErr_SetString(PyExc_TypeError, "pg_batch_shape(list of bytes)");
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(frames);
-    if (n < 2)
-        return PyLong_FromLong(0);
-    const char *data[5];
-    Py_ssize_t size[5];
-    for (Py_ssize_t i = 0; i < n; i++) {
+    Shape shape = {0};
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(frames); i++) {
         PyObject *frame = PyList_GET_ITEM(frames, i);
         if (!PyBytes_CheckExact(frame) || PyBytes_GET_SIZE(frame) == 0)
             return PyLong_FromLong(0);
-        char t = PyBytes_AS_STRING(frame)[0];
-        int ok = i == n - 1 ? t == 'S'
-                 : i == n - 2 ? t == 'E'
-                 : (t == 'P' || t == 'B' || t == 'D' || t == 'C');
-        if (!ok)
-            return PyLong_FromLong(0);
-        if (n == 5) {
-            data[i] = PyBytes_AS_STRING(frame);
-            size[i] = PyBytes_GET_SIZE(frame);
-        }
+        shape_add(&shape, PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame));
     }
-    if (n != 5 || size[0] < 6 || size[1] < 7 || size[2] < 7 || size[3] < 6)
-        return PyLong_FromLong(1);
-    if (!(data[0][0] == 'P' && data[0][5] == 0 && data[1][0] == 'B' && data[1][5] == 0
-          && data[1][6] == 0 && data[2][0] == 'D' && data[2][5] == 'P' && data[2][6] == 0
-          && data[3][5] == 0))
-        return PyLong_FromLong(1);
-    return PyLong_FromLong(contains(data[0], size[0], 0, "pg_type", 7) ? 3 : 2);
+    return PyLong_FromLong(shape_result(&shape));
+}
+
+/* Calls visit(arg, frame, size) for each frame of buf; false unless buf is exactly whole
+ * frames with valid headers (anything else is the splitter's to handle). */
+static int
+whole_frames(PyObject *const *args, Py_ssize_t nargs,
+             void (*visit)(void *, const char *, Py_ssize_t), void *arg)
+{
+    if (nargs != 3 || !PyBytes_CheckExact(args[1]) || PyBytes_GET_SIZE(args[1]) != 256) {
+        PyErr_SetString(PyExc_TypeError, "(bytes, bytes[256], int)");
+        return -1;
+    }
+    if (!PyBytes_CheckExact(args[0]))
+        return 0;  /* a bytearray or memoryview read: the splitter copes */
+    const unsigned char *valid = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    long long limit = PyLong_AsLongLong(args[2]);
+    if (limit == -1 && PyErr_Occurred())
+        return -1;
+    const char *data = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]), pos = 0;
+    while (pos + 5 <= size) {
+        const unsigned char *h = (const unsigned char *)data + pos;
+        unsigned long long length = ((unsigned long long)h[1] << 24) | (h[2] << 16)
+                                    | (h[3] << 8) | h[4];
+        if (!valid[h[0]] || length < 4 || (long long)length > limit)
+            return 0;
+        Py_ssize_t stop = pos + 1 + (Py_ssize_t)length;
+        if (stop > size)
+            return 0;
+        visit(arg, data + pos, stop - pos);
+        pos = stop;
+    }
+    return pos == size && size > 0;
+}
+
+static void
+visit_shape(void *arg, const char *frame, Py_ssize_t size)
+{
+    shape_add((Shape *)arg, frame, size);
+}
+
+PyDoc_STRVAR(pg_read_shape_doc,
+"pg_read_shape(buf, valid, limit) -> int\n\n"
+"pg_batch_shape of the frames of `buf`, without making them; 0 unless `buf` is exactly\n"
+"whole, valid frames (as pg_split checks them).");
+
+static PyObject *
+pg_read_shape(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Shape shape = {0};
+    int whole = whole_frames(args, nargs, visit_shape, &shape);
+    if (whole < 0)
+        return NULL;
+    return PyLong_FromLong(whole ? shape_result(&shape) : 0);
+}
+
+typedef struct {
+    Py_ssize_t ready;  /* ReadyForQuery frames */
+    int error;  /* an ErrorResponse was seen */
+    int status;  /* the last frame's status byte if it is a ReadyForQuery, else -1 */
+} ReplyEnd;
+
+static void
+visit_reply(void *arg, const char *frame, Py_ssize_t size)
+{
+    ReplyEnd *end = (ReplyEnd *)arg;
+    end->status = -1;
+    if (frame[0] == 'Z') {
+        end->ready++;
+        if (size == 6)
+            end->status = (unsigned char)frame[5];
+    }
+    else if (frame[0] == 'E')
+        end->error = 1;
+}
+
+PyDoc_STRVAR(pg_reply_end_doc,
+"pg_reply_end(buf, valid, limit) -> int\n\n"
+"When `buf` is exactly whole, valid backend frames ending in its only ReadyForQuery: that\n"
+"frame's status byte, plus 256 if an ErrorResponse is among them. Otherwise 0.");
+
+static PyObject *
+pg_reply_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    ReplyEnd end = {0, 0, -1};
+    int whole = whole_frames(args, nargs, visit_reply, &end);
+    if (whole < 0)
+        return NULL;
+    if (!whole || end.ready != 1 || end.status <= 0)
+        return PyLong_FromLong(0);
+    return PyLong_FromLong(end.status + (end.error ? 256 : 0));
 }
 
 /* ---------------------------------------------------------------- exchange objects */
@@ -224,7 +337,20 @@ slot_offsets(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t *out = (Py_ssize_t *)PyBytes_AS_STRING(packed);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *name = PyTuple_GET_ITEM(args[1], i);
-        PyObject *descr = _PyType_Lookup(cls, name);  /* borrowed */
+        /* The first member descriptor of that name along the MRO: a subclass may hide a
+         * base's slot behind a property, and still fill it. */
+        PyObject *descr = NULL;
+        PyObject *mro = cls->tp_mro;
+        for (Py_ssize_t j = 0; mro != NULL && j < PyTuple_GET_SIZE(mro) && descr == NULL; j++) {
+            PyObject *found = PyDict_GetItemWithError(
+                ((PyTypeObject *)PyTuple_GET_ITEM(mro, j))->tp_dict, name);  /* borrowed */
+            if (found == NULL && PyErr_Occurred()) {
+                Py_DECREF(packed);
+                return NULL;
+            }
+            if (found != NULL && Py_TYPE(found) == &PyMemberDescr_Type)
+                descr = found;
+        }
         if (descr == NULL || Py_TYPE(descr) != &PyMemberDescr_Type
                 || ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
             PyErr_Format(PyExc_TypeError, "%R is not a slot of %R", name, cls);
@@ -538,6 +664,10 @@ error:
 static PyMethodDef methods[] = {
     {"pg_split", (PyCFunction)(void (*)(void))pg_split, METH_FASTCALL, pg_split_doc},
     {"pg_batch_shape", (PyCFunction)pg_batch_shape, METH_O, pg_batch_shape_doc},
+    {"pg_read_shape", (PyCFunction)(void (*)(void))pg_read_shape, METH_FASTCALL,
+     pg_read_shape_doc},
+    {"pg_reply_end", (PyCFunction)(void (*)(void))pg_reply_end, METH_FASTCALL,
+     pg_reply_end_doc},
     {"slot_offsets", (PyCFunction)(void (*)(void))slot_offsets, METH_FASTCALL,
      slot_offsets_doc},
     {"new_with_slots", (PyCFunction)(void (*)(void))new_with_slots, METH_FASTCALL,

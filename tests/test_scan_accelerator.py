@@ -245,7 +245,7 @@ def test_batch_shapes():
     catalog = [m.Parse("", "SELECT oid FROM pg_type"), *usual[1:]]
     named = [m.Parse("s", "SELECT 1"), *usual[1:]]
     for messages, shape in [(usual, 2), (catalog, 3), (named, 1), (usual[1:], 1),
-                            (usual[:4], 0), ([m.Query("SELECT 1")], 0), (usual + usual, 0)]:
+                            (usual[:4], 0), ([m.Query("SELECT 1")], 4), (usual + usual, 0)]:
         assert pg_batch_shape([x.encode() for x in messages]) == shape
 
 
@@ -286,3 +286,45 @@ def test_new_with_slots_refuses_what_is_not_a_slot():
         new_with_slots(object, offsets, 1)  # offsets of another type
     point = new_with_slots(Point, offsets, 5)
     assert point.x == 5 and not hasattr(point, "y")
+
+
+_replies = st.lists(st.one_of(
+    backend_messages,
+    st.sampled_from([m.ReadyForQuery("I"), m.ReadyForQuery("T"), m.CommandComplete("SELECT 1"),
+                     m.ErrorResponse((("S", "ERROR"), ("C", "XX000"), ("M", "boom")))]),
+), max_size=6).map(lambda messages: b"".join(x.encode() for x in messages))
+
+
+@SETTINGS
+@given(st.one_of(_near_usual.map(b"".join), _replies,
+                 st.lists(_batch_messages, max_size=6).map(b"".join)),
+       st.integers(0, 80), st.booleans())
+def test_whole_read_scans_match_the_reference(read, cut_at, truncate):
+    """The session's whole-read fast paths (C) against their references, on whole reads and
+    on reads that end inside a frame."""
+    from flux_proxy._scan import pg_read_shape, pg_reply_end
+
+    from flux_proxy.pg.codec import BACKEND_VALID, DEFAULT_MAX_MESSAGE_SIZE, FRONTEND_VALID
+    from flux_proxy.pg.session import read_shape_reference, reply_end_reference
+
+    if truncate:
+        read = read[:cut_at]
+    limit = DEFAULT_MAX_MESSAGE_SIZE
+    assert pg_read_shape(read, FRONTEND_VALID, limit) == read_shape_reference(
+        read, FRONTEND_VALID, limit)
+    assert pg_reply_end(read, BACKEND_VALID, limit) == reply_end_reference(
+        read, BACKEND_VALID, limit)
+
+
+def test_reply_end_reads_status_and_errors():
+    from flux_proxy._scan import pg_reply_end
+
+    from flux_proxy.pg.codec import BACKEND_VALID
+
+    done = m.CommandComplete("SELECT 1").encode()
+    error = m.ErrorResponse((("S", "ERROR"), ("C", "XX000"), ("M", "boom"))).encode()
+    ready, in_tx = m.ReadyForQuery("I").encode(), m.ReadyForQuery("T").encode()
+    for read, end in [(done + ready, ord("I")), (done + in_tx, ord("T")),
+                      (error + ready, ord("I") + 256), (ready + ready, 0), (done, 0),
+                      ((done + ready)[:-1], 0), (b"", 0)]:
+        assert pg_reply_end(read, BACKEND_VALID, 1 << 30) == end

@@ -44,21 +44,43 @@ def _type_table(types: bytes) -> tuple[bool, ...]:
     return tuple(i in types for i in range(256))
 
 
+FRONTEND_VALID = bytes(_type_table(FRONTEND_TYPES))  # `valid` tables for split_whole
+BACKEND_VALID = bytes(_type_table(BACKEND_TYPES))
+
+
 def _describe_byte(b: int) -> str:
     return repr(chr(b)) if 32 <= b < 127 else f"0x{b:02x}"
+
+
+def split_whole(data: bytes, valid: bytes,
+                limit: int = DEFAULT_MAX_MESSAGE_SIZE) -> list[bytes] | None:
+    """The frames of `data` when it is exactly whole frames with valid headers (`valid`: 256
+    bytes, non-zero for each accepted type byte), else None."""
+    if _accelerated_split is not None and type(data) is bytes:
+        frames, pos, _ = _accelerated_split(data, valid, limit)
+    else:
+        frames, pos = [], 0
+        while pos + 5 <= len(data):
+            length = _unpack_u32(data, pos + 1)[0]
+            stop = pos + 1 + length
+            if not (valid[data[pos]] and 4 <= length <= limit) or stop > len(data):
+                return None
+            frames.append(bytes(data[pos:stop]))
+            pos = stop
+    return frames if data and pos == len(data) else None  # type: ignore[no-any-return]
 
 
 class FrameSplitter:
     """Splits a typed-message stream into raw frames reading only each 5-byte header."""
 
-    __slots__ = ("_buf", "_error", "_max", "_need", "_valid", "_valid_bytes", "direction")
+    __slots__ = ("_error", "_max", "_need", "_valid", "_valid_bytes", "buffer", "direction")
 
     def __init__(self, valid_types: bytes, direction: str,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self._valid = _type_table(valid_types)
         self._valid_bytes = bytes(self._valid)  # the same table, for the C split
         self._max = max_message_size
-        self._buf = bytearray()
+        self.buffer = bytearray()
         self._need = 5  # bytes needed before the buffered prefix can yield a frame
         self._error: ProtocolError | None = None
         self.direction = direction
@@ -66,10 +88,10 @@ class FrameSplitter:
     @property
     def pending(self) -> int:
         """Bytes buffered towards an incomplete frame."""
-        return len(self._buf)
+        return len(self.buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
-        if self._buf or self._error is not None or type(data) is not bytes:
+        if self.buffer or self._error is not None or type(data) is not bytes:
             return self._feed_more(data)
         if _accelerated_split is None:
             frames, pos, need = self._split_exact(data)
@@ -83,12 +105,12 @@ class FrameSplitter:
         """A read that continues a buffered frame (or is not `bytes`, or follows an error)."""
         if self._error is not None:
             raise self._error
-        if self._buf:
-            self._buf += data
-            if len(self._buf) < self._need:
+        if self.buffer:
+            self.buffer += data
+            if len(self.buffer) < self._need:
                 return []
-            buf = bytes(self._buf)
-            self._buf = bytearray()
+            buf = bytes(self.buffer)
+            self.buffer = bytearray()
         else:
             buf = bytes(data)
         if _accelerated_split is None:
@@ -103,7 +125,7 @@ class FrameSplitter:
         """Keep the unfinished frame at `pos`, which needs `need` bytes (-1: a bad header)."""
         if need < 0:
             self._bad_header(buf[pos], _unpack_u32(buf, pos + 1)[0], self._max)
-        self._buf = bytearray(buf[pos:] if pos else buf)
+        self.buffer = bytearray(buf[pos:] if pos else buf)
         self._need = need
 
     def _split_exact(self, buf: bytes) -> tuple[list[bytes], int, int]:
@@ -130,16 +152,16 @@ class FrameSplitter:
 
     def take_pending(self) -> bytes:
         """Hand over the buffered partial frame (when another reader takes the stream)."""
-        data = bytes(self._buf)
-        self._buf = bytearray()
+        data = bytes(self.buffer)
+        self.buffer = bytearray()
         self._need = 5
         return data
 
     def eof(self) -> None:
         """The stream ended: a partially received message is an error."""
-        if self._buf:
+        if self.buffer:
             self._fail(f"{self.direction} stream ended inside a message "
-                       f"({len(self._buf)} bytes buffered)")
+                       f"({len(self.buffer)} bytes buffered)")
 
     def _bad_header(self, type_byte: int, length: int, limit: int) -> None:
         name = _describe_byte(type_byte)
@@ -152,7 +174,7 @@ class FrameSplitter:
 
     def _fail(self, message: str) -> None:
         self._error = ProtocolError(message)
-        self._buf = bytearray()
+        self.buffer = bytearray()
         raise self._error
 
 

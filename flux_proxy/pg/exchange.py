@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from flux_proxy.model import Exchange, Lifetime, Protocol
+from flux_proxy.pg.codec import BACKEND_VALID, FRONTEND_VALID, split_whole
 from flux_proxy.pg.semantic import ExchangeContext, StatementInfo, build_semantics
 
 try:  # the fast path's constructor in C (setup.py builds it)
@@ -17,6 +18,8 @@ try:  # the fast path's constructor in C (setup.py builds it)
 except ImportError:  # pragma: no cover - only without a compiler at install time
     new_with_slots = slot_offsets = None
 
+_client_slot = Exchange.__dict__["client_frames"]  # the base dataclass's slot descriptors
+_server_slot = Exchange.__dict__["server_frames"]
 _request_slot = Exchange.__dict__["request"]
 _response_slot = Exchange.__dict__["response"]
 
@@ -58,6 +61,32 @@ class PgExchange(Exchange):
         self.statement: StatementInfo | None = None
         self.bind: bytes | None = None
         self.broken: str | None = None
+
+    # A whole read taken by the session's fast path is kept as it came, one bytes object, and
+    # split into frames the first time someone reads them.
+    @property  # type: ignore[override]
+    def client_frames(self) -> list[bytes]:
+        frames = _client_slot.__get__(self)
+        if type(frames) is bytes:
+            frames = split_whole(frames, FRONTEND_VALID)
+            _client_slot.__set__(self, frames)
+        return frames  # type: ignore[no-any-return]
+
+    @client_frames.setter
+    def client_frames(self, value: list[bytes]) -> None:
+        _client_slot.__set__(self, value)
+
+    @property  # type: ignore[override]
+    def server_frames(self) -> list[bytes]:
+        frames = _server_slot.__get__(self)
+        if type(frames) is bytes:
+            frames = split_whole(frames, BACKEND_VALID)
+            _server_slot.__set__(self, frames)
+        return frames  # type: ignore[no-any-return]
+
+    @server_frames.setter
+    def server_frames(self, value: list[bytes]) -> None:
+        _server_slot.__set__(self, value)
 
     def _decode(self) -> None:
         context = ExchangeContext(self.kind, self.statement, self.bind, self.broken)
@@ -109,16 +138,16 @@ _REQUEST_LIFETIME = Lifetime.REQUEST
 
 
 def whole_exchange(connection: int, seq: int, kind: str, request_id: str | None,
-                   started_at: float, client_frames: list[bytes],
+                   started_at: float, client_frames: list[bytes] | bytes,
                    has_execute: bool) -> PgExchange:
-    """The exchange of a read that is one whole Query or extended batch: its client frames
-    are all in, and one reply (up to ReadyForQuery) is pending. The same object as
-    `PgExchange(...)` with `pending = 1` and `sealed = True`, but built in C: it is the one
-    object the proxy makes per transaction, and a Python `__init__` was a fifth of the
-    session's cost."""
+    """The exchange of a read that is one whole Query or extended batch (its frames, or the
+    read itself): its client frames are all in, and one reply (up to ReadyForQuery) is
+    pending. The same object as `PgExchange(...)` with `pending = 1` and `sealed = True`, but
+    built in C: it is the one object the proxy makes per transaction, and a Python `__init__`
+    was a fifth of the session's cost."""
     if _whole_offsets is None:
-        ex = PgExchange(connection, seq, kind, request_id, started_at,
-                        client_frames=client_frames)
+        ex = PgExchange(connection, seq, kind, request_id, started_at)
+        _client_slot.__set__(ex, client_frames)
         ex.has_execute = has_execute
         ex.pending = 1
         ex.sealed = True
@@ -127,3 +156,8 @@ def whole_exchange(connection: int, seq: int, kind: str, request_id: str | None,
         PgExchange, _whole_offsets, connection, seq, kind, request_id, started_at,
         client_frames, has_execute, _REQUEST_LIFETIME, 0.0, [], None, False, started_at, 1,
         True, False, None, None, None)
+
+
+def recorded_client(ex: PgExchange) -> bytes | list[bytes]:
+    """The client side as recorded: a whole read (bytes) kept by the fast path, or frames."""
+    return _client_slot.__get__(ex)  # type: ignore[no-any-return]

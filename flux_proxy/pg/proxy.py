@@ -102,8 +102,10 @@ class ClientConnection(asyncio.Protocol):
         self.greeting = Greeting()
         self.session = PgSession(self.id, proxy.emit, proxy.tag)
         # Hot path: bound methods looked up once.
-        self._split = FrameSplitter(FRONTEND_TYPES, "frontend").feed
+        self._splitter = FrameSplitter(FRONTEND_TYPES, "frontend")
+        self._split = self._splitter.feed
         self._record = self.session.client_frames
+        self._record_read = self.session.client_read
         self._upstream_write: Callable[[bytes], object] = _not_connected
         self.buffered: list[bytes] = []
         self.startup_request_id: str | None = None
@@ -119,6 +121,8 @@ class ClientConnection(asyncio.Protocol):
             # Forward first (latency), then frame and record. Garbage reaches the upstream
             # only to be cut off with it.
             self._upstream_write(data)
+            if not self._splitter.buffer and self._record_read(data, _now()):
+                return  # one whole Query or batch, recorded as it came
             try:
                 frames = self._split(data)
             except ProtocolError as exc:
@@ -276,19 +280,23 @@ class ClientConnection(asyncio.Protocol):
 class UpstreamConnection(asyncio.Protocol):
     """The server-facing side: relays bytes to the client and frames to the session."""
 
-    __slots__ = ("_client_write", "_record", "_split", "client", "client_transport",
-                 "transport")
+    __slots__ = ("_client_write", "_record", "_record_read", "_split", "_splitter", "client",
+                 "client_transport", "transport")
 
     def __init__(self, client: ClientConnection, transport: asyncio.Transport) -> None:
         self.client = client
         self.client_transport: asyncio.Transport = client.transport  # type: ignore[assignment]
         self.transport = transport
         self._client_write = self.client_transport.write
-        self._split = FrameSplitter(BACKEND_TYPES, "backend").feed
+        self._splitter = FrameSplitter(BACKEND_TYPES, "backend")
+        self._split = self._splitter.feed
         self._record = client.session.server_frames
+        self._record_read = client.session.server_read
 
     def data_received(self, data: bytes) -> None:
         self._client_write(data)
+        if not self._splitter.buffer and self._record_read(data, _now()):
+            return  # the whole reply to the one query outstanding, recorded as it came
         try:
             frames = self._split(data)
         except ProtocolError as exc:

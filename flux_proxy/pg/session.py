@@ -23,12 +23,19 @@ from __future__ import annotations
 from collections import deque
 
 from flux_proxy.model import ExchangeSink, Lifetime, RequestTag
+from flux_proxy.pg.codec import (
+    BACKEND_VALID,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    FRONTEND_VALID,
+    split_whole,
+)
 from flux_proxy.pg.exchange import (
     KIND_EXTENDED,
     KIND_FUNCTION,
     KIND_SESSION,
     KIND_SIMPLE,
     PgExchange,
+    recorded_client,
     whole_exchange,
 )
 from flux_proxy.pg.semantic import StatementInfo, sql_reads_only_catalog
@@ -54,15 +61,18 @@ _ANSWERED_TO_READY = frozenset((_WHOLE, _WHOLE_UNNAMED, _WHOLE_UNNAMED_CATALOG, 
 _BATCH_HEAD = frozenset(b"PBDC")
 _TX_STATUS = tuple(chr(b) for b in range(256))  # ReadyForQuery's status byte as a str
 
-SHAPE_NONE, SHAPE_BATCH, SHAPE_UNNAMED, SHAPE_UNNAMED_CATALOG = range(4)
+SHAPE_NONE, SHAPE_BATCH, SHAPE_UNNAMED, SHAPE_UNNAMED_CATALOG, SHAPE_QUERY = range(5)
 
 
 def batch_shape_reference(frames: list[bytes]) -> int:
     """What a read of client frames is: SHAPE_NONE unless it is one extended batch,
     [Parse|Bind|Describe|Close]* Execute Sync (SHAPE_BATCH); SHAPE_UNNAMED when it is exactly
     the unnamed Parse, Bind, Describe (portal), Execute, Sync most drivers send per query, and
-    SHAPE_UNNAMED_CATALOG when that Parse also mentions pg_type. The C version is used."""
+    SHAPE_UNNAMED_CATALOG when that Parse also mentions pg_type; SHAPE_QUERY for one simple
+    Query. The C version is used."""
     n = len(frames)
+    if n == 1 and frames[0][0] == _Q:
+        return SHAPE_QUERY
     if n < 2 or frames[-1][0] != _S or frames[-2][0] != _E:
         return SHAPE_NONE
     for frame in frames[:-2]:
@@ -80,10 +90,38 @@ def batch_shape_reference(frames: list[bytes]) -> int:
     return SHAPE_UNNAMED_CATALOG if b"pg_type" in parse else SHAPE_UNNAMED
 
 
+def read_shape_reference(data: bytes, valid: bytes, limit: int) -> int:
+    """`batch_shape` of a whole read's frames, SHAPE_NONE unless it is exactly whole frames."""
+    frames = split_whole(data, valid, limit)
+    return batch_shape_reference(frames) if frames else SHAPE_NONE
+
+
+def reply_end_reference(data: bytes, valid: bytes, limit: int) -> int:
+    """For a read that is exactly whole frames ending in its only ReadyForQuery: that frame's
+    status byte, plus 256 when an ErrorResponse is among them; else 0."""
+    frames = split_whole(data, valid, limit)
+    if not frames or len(frames[-1]) != 6 or frames[-1][0] != _Z or not frames[-1][5]:
+        return 0
+    types = [frame[0] for frame in frames]
+    if types.count(_Z) != 1:
+        return 0
+    return frames[-1][5] + (256 if _ERR in types else 0)
+
+
 try:
     from flux_proxy._scan import pg_batch_shape as batch_shape
+    from flux_proxy._scan import pg_read_shape as read_shape
+    from flux_proxy._scan import pg_reply_end as reply_end
 except ImportError:  # pragma: no cover - only without a compiler at install time
     batch_shape = batch_shape_reference
+    read_shape = read_shape_reference
+    reply_end = reply_end_reference
+
+_LIMIT = DEFAULT_MAX_MESSAGE_SIZE
+
+
+def _frame_end(data: bytes, start: int) -> int:
+    return start + 1 + int.from_bytes(data[start + 1:start + 5], "big")
 
 
 class PgSession:
@@ -112,6 +150,22 @@ class PgSession:
 
     # ---------------------------------------------------------------- client -> server
 
+    def client_read(self, data: bytes, now: float) -> bool:
+        """The fast path for a read that is exactly one simple Query or one extended batch,
+        with nothing buffered before it: recorded as it came, as one bytes object. False
+        when it is anything else: then split it and pass the frames to `client_frames`."""
+        if self._batch is not None or self._tail is not None or self._server_skipping:
+            return False
+        shape = read_shape(data, FRONTEND_VALID, _LIMIT)
+        if not shape:
+            return False
+        self.seq += 1
+        kind = _Q if shape == SHAPE_QUERY else -shape
+        self._queue.append((kind, b"Z", whole_exchange(
+            self.connection, self.seq, KIND_SIMPLE if kind == _Q else KIND_EXTENDED,
+            self.tag.current, now, data, kind < 0)))
+        return True
+
     def client_frames(self, frames: list[bytes], now: float) -> None:
         """Frames the client sent (the session may keep the list: pass a fresh one)."""
         queue = self._queue
@@ -119,16 +173,13 @@ class PgSession:
             # Fast path: the read is one simple Query, or one complete extended batch with one
             # Execute (the usual shapes). It is one exchange, answered by everything up to
             # its ReadyForQuery.
-            if len(frames) == 1 and frames[0][0] == _Q:
-                kind, exchange_kind = _Q, KIND_SIMPLE
-            else:
-                shape = batch_shape(frames)
-                kind, exchange_kind = -shape, KIND_EXTENDED
-            if kind:
+            shape = batch_shape(frames)
+            if shape:
                 self.seq += 1
+                kind = _Q if shape == SHAPE_QUERY else -shape
                 queue.append((kind, b"Z", whole_exchange(
-                    self.connection, self.seq, exchange_kind, self.tag.current, now,
-                    frames, kind < 0)))  # the caller hands the list over
+                    self.connection, self.seq, KIND_SIMPLE if kind == _Q else KIND_EXTENDED,
+                    self.tag.current, now, frames, kind < 0)))  # the caller hands the list over
                 return
         for frame in frames:
             t = frame[0]
@@ -219,6 +270,44 @@ class PgSession:
 
     # ---------------------------------------------------------------- server -> client
 
+    def server_read(self, data: bytes, now: float) -> bool:
+        """The fast path for a read that is exactly the whole reply, up to ReadyForQuery, to
+        the one Query or batch outstanding, with nothing buffered before it: recorded as it
+        came. False when it is anything else: then split it and call `server_frames`."""
+        queue = self._queue
+        if len(queue) != 1:
+            return False
+        kind, _, ex = queue[0]
+        if kind not in _ANSWERED_TO_READY or ex.server_frames:
+            return False
+        end = reply_end(data, BACKEND_VALID, _LIMIT)
+        if not end:
+            return False
+        queue.popleft()
+        ex.server_frames = data  # type: ignore[assignment]  # split when first read
+        if end > 255:
+            ex.failed = True
+        self.tx_status = _TX_STATUS[end & 255]
+        self._answered(ex, kind, now)
+        return True
+
+    def _answered(self, ex: PgExchange, kind: int, now: float) -> None:
+        """A fast-path or simple exchange got its whole reply (tx status already updated)."""
+        ex.pending = 0
+        ex.last_at = now
+        if kind == _Q:
+            ex.done = True
+            ex.duration = now - ex.started_at
+            self._simple_query(ex)
+            self.sink(ex)
+        elif kind <= _WHOLE_UNNAMED:
+            ex.done = True
+            ex.duration = now - ex.started_at
+            self._unnamed_query(ex, kind == _WHOLE_UNNAMED_CATALOG)
+            self.sink(ex)
+        else:
+            self._complete(ex)
+
     def server_frames(self, frames: list[bytes], now: float) -> None:
         """Frames the server sent (the session may keep the list: pass a fresh one)."""
         queue = self._queue
@@ -236,20 +325,7 @@ class PgSession:
                 ready = frames[-1]
                 if len(ready) > 5:
                     self.tx_status = _TX_STATUS[ready[5]]
-                ex.pending = 0
-                ex.last_at = now
-                if kind == _Q:
-                    ex.done = True
-                    ex.duration = now - ex.started_at
-                    self._simple_query(ex)
-                    self.sink(ex)
-                elif kind <= _WHOLE_UNNAMED:
-                    ex.done = True
-                    ex.duration = now - ex.started_at
-                    self._unnamed_query(ex, kind == _WHOLE_UNNAMED_CATALOG)
-                    self.sink(ex)
-                else:
-                    self._complete(ex)
+                self._answered(ex, kind, now)
                 return
         i, n = 0, len(frames)
         while i < n:
@@ -398,7 +474,9 @@ class PgSession:
         self.sink(ex)
 
     def _simple_query(self, ex: PgExchange) -> None:
-        query = ex.client_frames[0]
+        query = recorded_client(ex)
+        if type(query) is not bytes:  # frames: the Query, then any COPY data
+            query = query[0]
         if query.find(b"pg_type") >= 0 and sql_reads_only_catalog(query[5:]):
             ex.lifetime = Lifetime.CONNECTION
         if self.portals and self.tx_status == "I":
@@ -423,20 +501,23 @@ class PgSession:
 
     def _unnamed_query(self, ex: PgExchange, mentions_pg_type: bool) -> None:
         """`_complete_extended` for the batch most drivers send per query (SHAPE_UNNAMED):
-        its statement is its own Parse, so the semantics need no snapshot of it."""
-        parse, bind = ex.client_frames[0], ex.client_frames[1]
+        its statement is its own Parse, so the semantics need no snapshot of it, and its Bind
+        is its own too."""
+        sent = recorded_client(ex)  # Parse, Bind, Describe, Execute, Sync
+        if type(sent) is not bytes:
+            sent = sent[0] + sent[1]
         statement = self.statements.get(b"")
-        if (statement is None or statement.parse != parse
+        if (statement is None or not sent.startswith(statement.parse)
                 or statement.param_description is not None
                 or statement.row_description is not None):
             # Drivers parse the same SQL again and again: an undescribed statement of the
             # same Parse is what a new one would be, so it is kept.
-            statement = self.statements[b""] = StatementInfo(b"", parse)
+            statement = self.statements[b""] = StatementInfo(b"", sent[:_frame_end(sent, 0)])
         if self.tx_status != "I":
-            self.portals[b""] = (bind, statement)
+            start = len(statement.parse)
+            self.portals[b""] = (sent[start:_frame_end(sent, start)], statement)
         elif self.portals:
             self.portals.clear()  # as at any Sync outside a transaction
-        ex.bind = bind
         if mentions_pg_type and statement.reads_only_catalog():
             ex.lifetime = Lifetime.CONNECTION
 

@@ -3,6 +3,7 @@ in order, against a simulated server that follows the protocol (errors skip to S
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,6 +47,18 @@ def simulated_replies(kinds: list[str], errors: list[bool]) -> list[list[m.Messa
 BATCH = ["P", "B", "DP", "E", "S"]  # the common shape, which takes the session's fast path
 
 
+def send(session: PgSession, frames: list[bytes], now: float, whole_reads: bool) -> None:
+    """Client frames into the session as the proxy passes them: as a whole read first."""
+    if not (whole_reads and frames and session.client_read(b"".join(frames), now)):
+        session.client_frames(frames, now)
+
+
+def answer(session: PgSession, frames: list[bytes], now: float, whole_reads: bool) -> None:
+    if not (whole_reads and frames and session.server_read(b"".join(frames), now)):
+        session.server_frames(frames, now)
+
+
+@pytest.mark.parametrize("whole_reads", [False, True], ids=["frames", "whole reads"])
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(
     st.tuples(st.sampled_from(sorted(CLIENT_MESSAGES)), st.booleans(), st.booleans(),
@@ -55,7 +68,7 @@ BATCH = ["P", "B", "DP", "E", "S"]  # the common shape, which takes the session'
     max_size=20).map(lambda items: [x for item in items
                                     for x in (item if isinstance(item, list) else [item])]))
 def test_every_frame_lands_in_exactly_one_exchange(
-        steps: list[tuple[str, bool, bool, bool]]) -> None:
+        whole_reads: bool, steps: list[tuple[str, bool, bool, bool]]) -> None:
     """Each step: message kind, whether the server errors on it, whether the server's replies
     so far go out now, whether the client's frame waits to go out with the next one."""
     kinds = [k for k, _, _, _ in steps]
@@ -77,19 +90,19 @@ def test_every_frame_lands_in_exactly_one_exchange(
         now += 1
         if hold:  # the client writes several messages at once
             continue
-        session.client_frames(unsent, now)
+        send(session, unsent, now, whole_reads)
         unsent = []
         pending += unanswered
         unanswered = []
         if reply_now:  # sometimes the server answers late, in one burst
             answered += pending
-            session.server_frames(pending, now)
+            answer(session, pending, now, whole_reads)
             pending = []
     if unsent:
-        session.client_frames(unsent, now)
+        send(session, unsent, now, whole_reads)
     pending += unanswered
     answered += pending
-    session.server_frames(pending, now + 1)
+    answer(session, pending, now + 1, whole_reads)
     session.connection_lost("end of test", now + 2)
 
     ordered = sorted(exchanges, key=lambda e: e.seq)
@@ -124,7 +137,7 @@ def test_the_unnamed_query_shortcut_records_what_the_general_path_does(
     row = m.RowDescription((m.FieldDescription("n", 0, 0, 23, 4, -1, 0),))
     reply_tail = [m.DataRow((b"1",)), m.CommandComplete("SELECT 1")]
 
-    def run(shortcut: bool) -> tuple[object, ...]:
+    def run(shortcut: bool, whole_reads: bool = False) -> tuple[object, ...]:
         exchanges: list[Exchange] = []
         session = PgSession(1, exchanges.append, RequestTag())
         if not shortcut:
@@ -144,11 +157,13 @@ def test_the_unnamed_query_shortcut_records_what_the_general_path_does(
                           m.Bind("", "s", (0,), (b"7",), (0,)), m.Describe("P", ""),
                           m.Execute(), m.Sync()]
                 server = [m.ParseComplete(), m.BindComplete(), row]
-            session.client_frames([x.encode() for x in client], float(number))
-            session.server_frames([x.encode() for x in [*server, *reply_tail,
-                                                          m.ReadyForQuery(status)]],
-                                  number + 0.5)
-        return ([(e.seq, e.lifetime, e.request, e.response, e.failed) for e in exchanges],
+            send(session, [x.encode() for x in client], float(number), whole_reads)
+            answer(session, [x.encode() for x in [*server, *reply_tail, m.ReadyForQuery(status)]],
+                   number + 0.5, whole_reads)
+        return ([(e.seq, e.lifetime, e.request, e.response, e.failed, e.client_frames,
+                  e.server_frames, e.duration) for e in exchanges],
                 sorted(session.statements), sorted(session.portals))
 
-    assert run(shortcut=True) == run(shortcut=False)
+    general = run(shortcut=False)
+    assert run(shortcut=True) == general
+    assert run(shortcut=True, whole_reads=True) == general
