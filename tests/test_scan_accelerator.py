@@ -252,17 +252,13 @@ def test_batch_shapes():
 def test_whole_exchange_in_c_is_the_python_one():
     """The session's fast-path exchange is built by `new_with_slots`; without the extension,
     by `PgExchange(...)`: every field, and the undecoded semantics, must be the same."""
-    import flux_proxy.pg.exchange as exchange_module
-    from flux_proxy.pg.exchange import PgExchange, whole_exchange
+    from flux_proxy.pg.exchange import PgExchange, _whole_exchange, whole_exchange
 
+    assert whole_exchange is not _whole_exchange  # the C one is in use
     names = [*Exchange.__dataclass_fields__, *PgExchange.__slots__]
     frames = [m.Query("SELECT 1").encode()]
-    built = whole_exchange(3, 7, "simple", "req", 1.5, frames, False)
-    saved, exchange_module._whole_offsets = exchange_module._whole_offsets, None
-    try:
-        reference = whole_exchange(3, 7, "simple", "req", 1.5, frames, False)
-    finally:
-        exchange_module._whole_offsets = saved
+    built = whole_exchange(3, 7, "simple", "req", 1.5, 1.5, frames, False)
+    reference = _whole_exchange(3, 7, "simple", "req", 1.5, 1.5, frames, False)
     for name in names:
         if name not in ("request", "response"):
             assert getattr(built, name) == getattr(reference, name), name
@@ -328,3 +324,15 @@ def test_reply_end_reads_status_and_errors():
                       (error + ready, ord("I") + 256), (ready + ready, 0), (done, 0),
                       ((done + ready)[:-1], 0), (b"", 0)]:
         assert pg_reply_end(read, BACKEND_VALID, 1 << 30) == end
+
+
+def test_new_redis_exchange_in_c_is_the_python_one():
+    from flux_proxy.model import Lifetime
+    from flux_proxy.resp.exchange import RedisExchange, new_exchange
+
+    assert new_exchange is not RedisExchange  # the C one is in use
+    args = (4, 9, Lifetime.REQUEST, "req", 2.5, 0.25, [b"*1\r\n$4\r\nPING\r\n"], [b"+PONG\r\n"],
+            False)
+    built, reference = new_exchange(*args), RedisExchange(*args)
+    assert built == reference  # every field, the decoded request and response included
+    assert built.source is None and built.protocol == reference.protocol

@@ -7,6 +7,8 @@ time either is read, so the proxy's hot path never decodes a field.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from flux_proxy.model import Exchange, Lifetime, Protocol
@@ -79,8 +81,8 @@ class PgExchange(Exchange):
     @property  # type: ignore[override]
     def server_frames(self) -> list[bytes]:
         frames = _server_slot.__get__(self)
-        if type(frames) is bytes:
-            frames = split_whole(frames, BACKEND_VALID)
+        if type(frames) is bytes:  # b"" until the first reply frame
+            frames = split_whole(frames, BACKEND_VALID) if frames else []
             _server_slot.__set__(self, frames)
         return frames  # type: ignore[no-any-return]
 
@@ -130,34 +132,40 @@ class PgExchange(Exchange):
         _response_slot.__set__(self, value)
 
 
-_WHOLE_SLOTS = ("connection", "seq", "kind", "request_id", "started_at", "client_frames",
-                "has_execute", "lifetime", "duration", "server_frames", "source", "failed",
-                "last_at", "pending", "sealed", "done", "statement", "bind", "broken")
-_whole_offsets = None if slot_offsets is None else slot_offsets(PgExchange, _WHOLE_SLOTS)
-_REQUEST_LIFETIME = Lifetime.REQUEST
+def _whole_exchange(connection: int, seq: int, kind: str, request_id: str | None,
+                    started_at: float, last_at: float, client_frames: list[bytes] | bytes,
+                    has_execute: bool) -> PgExchange:
+    ex = PgExchange(connection, seq, kind, request_id, started_at)
+    ex.last_at = last_at
+    _client_slot.__set__(ex, client_frames)
+    ex.has_execute = has_execute
+    ex.pending = 1
+    ex.sealed = True
+    return ex
 
 
-def whole_exchange(connection: int, seq: int, kind: str, request_id: str | None,
-                   started_at: float, client_frames: list[bytes] | bytes,
-                   has_execute: bool) -> PgExchange:
-    """The exchange of a read that is one whole Query or extended batch (its frames, or the
-    read itself): its client frames are all in, and one reply (up to ReadyForQuery) is
-    pending. The same object as `PgExchange(...)` with `pending = 1` and `sealed = True`, but
-    built in C: it is the one object the proxy makes per transaction, and a Python `__init__`
-    was a fifth of the session's cost."""
-    if _whole_offsets is None:
-        ex = PgExchange(connection, seq, kind, request_id, started_at)
-        _client_slot.__set__(ex, client_frames)
-        ex.has_execute = has_execute
-        ex.pending = 1
-        ex.sealed = True
-        return ex
-    return new_with_slots(  # type: ignore[no-any-return]
-        PgExchange, _whole_offsets, connection, seq, kind, request_id, started_at,
-        client_frames, has_execute, _REQUEST_LIFETIME, 0.0, [], None, False, started_at, 1,
-        True, False, None, None, None)
+whole_exchange: Callable[[int, int, str, str | None, float, float, list[bytes] | bytes, bool],
+                         PgExchange] = _whole_exchange
+"""The exchange of a read that is one whole Query or extended batch (its frames, or the read
+itself): its client frames are all in, and one reply (up to ReadyForQuery) is pending. The
+same object as `PgExchange(...)` with `pending = 1` and `sealed = True`, but built in C when
+the extension is there: it is the one object the proxy makes per transaction, and a Python
+`__init__` was a fifth of the session's cost. Arguments: connection, seq, kind, request_id,
+started_at, last_at (= started_at), client_frames, has_execute."""
+
+if new_with_slots is not None:
+    whole_exchange = partial(  # the constant slots first, then the arguments above
+        new_with_slots, PgExchange, slot_offsets(PgExchange, (
+            "lifetime", "duration", "server_frames", "source", "failed", "pending", "sealed",
+            "done", "statement", "bind", "broken", "connection", "seq", "kind", "request_id",
+            "started_at", "last_at", "client_frames", "has_execute")),
+        Lifetime.REQUEST, 0.0, b"", None, False, 1, True, False, None, None, None)
 
 
 def recorded_client(ex: PgExchange) -> bytes | list[bytes]:
     """The client side as recorded: a whole read (bytes) kept by the fast path, or frames."""
     return _client_slot.__get__(ex)  # type: ignore[no-any-return]
+
+
+recorded_server: Callable[[PgExchange], bytes | list[bytes]] = _server_slot.__get__
+"""The server side as recorded, unsplit (b"" until the first reply frame)."""

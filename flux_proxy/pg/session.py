@@ -36,6 +36,7 @@ from flux_proxy.pg.exchange import (
     KIND_SIMPLE,
     PgExchange,
     recorded_client,
+    recorded_server,
     whole_exchange,
 )
 from flux_proxy.pg.semantic import StatementInfo, sql_reads_only_catalog
@@ -163,7 +164,7 @@ class PgSession:
         kind = _Q if shape == SHAPE_QUERY else -shape
         self._queue.append((kind, b"Z", whole_exchange(
             self.connection, self.seq, KIND_SIMPLE if kind == _Q else KIND_EXTENDED,
-            self.tag.current, now, data, kind < 0)))
+            self.tag.current, now, now, data, kind < 0)))
         return True
 
     def client_frames(self, frames: list[bytes], now: float) -> None:
@@ -179,7 +180,7 @@ class PgSession:
                 kind = _Q if shape == SHAPE_QUERY else -shape
                 queue.append((kind, b"Z", whole_exchange(
                     self.connection, self.seq, KIND_SIMPLE if kind == _Q else KIND_EXTENDED,
-                    self.tag.current, now, frames, kind < 0)))  # the caller hands the list over
+                    self.tag.current, now, now, frames, kind < 0)))  # the list is handed over
                 return
         for frame in frames:
             t = frame[0]
@@ -278,7 +279,7 @@ class PgSession:
         if len(queue) != 1:
             return False
         kind, _, ex = queue[0]
-        if kind not in _ANSWERED_TO_READY or ex.server_frames:
+        if kind not in _ANSWERED_TO_READY or recorded_server(ex):
             return False
         end = reply_end(data, BACKEND_VALID, _LIMIT)
         if not end:

@@ -7,10 +7,17 @@ Setting them explicitly (pushes, failures) stores the given value as usual.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from flux_proxy.model import Exchange, Lifetime, Protocol
 from flux_proxy.resp.render import request_from_frame, response_from_frames
+
+try:  # the hot path's constructor in C (setup.py builds it)
+    from flux_proxy._scan import new_with_slots, slot_offsets
+except ImportError:  # pragma: no cover - only without a compiler at install time
+    new_with_slots = slot_offsets = None
 
 _REQUEST = Exchange.__dict__["request"]  # the slot descriptors of the base dataclass
 _RESPONSE = Exchange.__dict__["response"]
@@ -78,3 +85,15 @@ class RedisExchange(Exchange):
                    for name in Exchange.__dataclass_fields__)
 
     __hash__ = None  # type: ignore[assignment]  # mutable, like the base dataclass
+
+
+new_exchange: Callable[[int, int, Lifetime, str | None, float, float, list[bytes], list[bytes],
+                        bool], RedisExchange] = RedisExchange
+"""`RedisExchange(connection, seq, lifetime, request_id, started_at, duration, client_frames,
+server_frames, failed)` for the session's per-reply loops: the same object, built in C when
+the extension is there (a Python `__init__` was the largest single cost per exchange)."""
+
+if new_with_slots is not None:
+    new_exchange = partial(new_with_slots, RedisExchange, slot_offsets(RedisExchange, (
+        "source", "connection", "seq", "lifetime", "request_id", "started_at", "duration",
+        "client_frames", "server_frames", "failed")), None)

@@ -28,7 +28,7 @@ from enum import IntEnum
 
 from flux_proxy.model import Exchange, Lifetime, RequestTag
 from flux_proxy.resp.codec import ProtocolError, decode_command, decode_reply, encode_command
-from flux_proxy.resp.exchange import RedisExchange
+from flux_proxy.resp.exchange import RedisExchange, new_exchange
 from flux_proxy.resp.render import password_positions
 from flux_proxy.resp.values import Attribute, Push
 
@@ -514,7 +514,7 @@ class RespSession:
                     first = frame[0]
                     if first == 62 or first == 124:  # a push: the outer loop's business
                         break
-                    record(RedisExchange(
+                    record(new_exchange(
                         connection_id, seq + index, request_lifetime, request_id, started_at,
                         duration, [commands[index]], [frame], first == 45 or first == 33))
                     index += 1
@@ -531,7 +531,7 @@ class RespSession:
                 pending.popleft()
                 seq, client_frame, started_at, request_id = entry
                 emit(frame)
-                record(RedisExchange(
+                record(new_exchange(
                     connection_id, seq, request_lifetime, request_id, started_at,
                     now - started_at, [client_frame], [frame], first == 45 or first == 33))
                 if pending and type(pending[0]) is _Pending and self._drain_synthetic(now):
