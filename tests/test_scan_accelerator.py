@@ -42,16 +42,21 @@ def test_the_extension_is_built_and_used():
 
     assert resp_codec._accelerated is _scan
     assert pg_codec._accelerated_split is _scan.pg_split
+    assert CommandScanner._c_scan is _scan.resp_commands
+    assert ReplyScanner._c_scan is _scan.resp_replies
 
 
 @contextmanager
 def pure_python() -> Iterator[None]:
-    saved = resp_codec._accelerated, pg_codec._accelerated_split
+    saved = (resp_codec._accelerated, pg_codec._accelerated_split,
+             CommandScanner._c_scan, ReplyScanner._c_scan)
     resp_codec._accelerated, pg_codec._accelerated_split = None, None
+    CommandScanner._c_scan = ReplyScanner._c_scan = None
     try:
         yield
     finally:
-        resp_codec._accelerated, pg_codec._accelerated_split = saved
+        (resp_codec._accelerated, pg_codec._accelerated_split,
+         CommandScanner._c_scan, ReplyScanner._c_scan) = saved
 
 
 def run(make: Callable[[], object], chunks: list[bytes]) -> list[object]:

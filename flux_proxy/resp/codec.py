@@ -91,7 +91,7 @@ def _bad_length(kind: str, text: bytes) -> ProtocolError:
 class _Scanner:
     """Shared resumable state of both scanners: partial frame chunks and how far they got."""
 
-    __slots__ = ("_buffered", "_chunks", "_need", "_pos", "_want", "limits")
+    __slots__ = ("_buffered", "_chunks", "_need", "_pos", "_want", "limits", "names")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
@@ -100,14 +100,33 @@ class _Scanner:
         self._want = 0  # no progress is possible before this many bytes are buffered
         self._pos = 0  # scan position inside the unfinished frame
         self._need = 0  # values still owed by the unfinished frame (0: none started)
+        self.names: list[bytes | None] = []  # CommandScanner: each command's name, if seen
 
     @property
     def pending_bytes(self) -> int:
         """Bytes of an unfinished frame held back; non-zero at EOF means a truncated frame."""
         return self._buffered
 
+    _c_scan: Any = None  # the subclass's scan in `flux_proxy._scan`, when it was built
+
     def feed(self, data: bytes) -> list[bytes]:
         """The raw bytes of every frame that `data` completes, in order."""
+        scan = self._c_scan
+        if scan is not None and not self._chunks and type(data) is bytes:
+            # The usual read: nothing held back, so one C call from a clean state.
+            limits = self.limits
+            found = scan(data, 0, 0, limits.max_bulk, limits.max_line, limits.max_count)
+            if found is not None:
+                complete, names, start, pos, need, want = found
+                if names is not None:
+                    self.names = names
+                if want >= 0:
+                    try:
+                        self._keep(data, start, pos, need, want)
+                    except ProtocolError as exc:
+                        exc.frames = complete
+                        raise
+                return complete  # type: ignore[no-any-return]
         buf = self._take(data)
         if buf is None:
             return []
@@ -181,9 +200,11 @@ class ReplyScanner(_Scanner):
 
     __slots__ = ()
 
+    _c_scan = None if _accelerated is None else _accelerated.resp_replies
+
     def feed(self, data: bytes) -> list[bytes]:
         # Unpipelined traffic: `data` is often exactly one line or one bulk string reply.
-        if not self._chunks and data.endswith(CRLF):
+        if self._c_scan is None and not self._chunks and data.endswith(CRLF):
             kind = data[0]
             nl = data.find(CRLF)
             if nl == len(data) - 2 and (kind == 0x2B or kind == 0x2D or kind == 0x3A):
@@ -318,11 +339,8 @@ class CommandScanner(_Scanner):
     After each `feed`, `names[i]` is the command name of `frames[i]` as sent (any case) when
     the scan saw it for free, else None."""
 
-    __slots__ = ("names",)
-
-    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
-        super().__init__(limits)
-        self.names: list[bytes | None] = []
+    __slots__ = ()
+    _c_scan = None if _accelerated is None else _accelerated.resp_commands
 
     def _scan(self, buf: bytes, frames: list[bytes]) -> list[bytes]:
         if _accelerated is not None:

@@ -262,11 +262,16 @@ class RespSession:
         so the caller may forward the bytes it received as they are."""
         if self._broken:
             return False
-        if (names is not None and len(frames) > 1 and self.upstream_error is None
-                and self.replies_on and _PLAIN_SPELLINGS.issuperset(names)):
-            # A pipeline of ordinary commands (the usual shape): one entry for all of them.
-            self._pending.append(_Run(self._seq + 1, frames, now, self.tag.current))
-            self._seq += len(frames)
+        if (names is not None and self.upstream_error is None and self.replies_on
+                and _PLAIN_SPELLINGS.issuperset(names)):
+            # Ordinary commands (the usual shape): one queue entry, for one command or for a
+            # whole pipeline.
+            if len(frames) == 1:
+                self._seq += 1
+                self._pending.append((self._seq, frames[0], now, self.tag.current))
+            else:
+                self._pending.append(_Run(self._seq + 1, frames, now, self.tag.current))
+                self._seq += len(frames)
             self.upstream_out += frames
             self._saw_request_command = True
             return True
