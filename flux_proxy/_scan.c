@@ -366,7 +366,10 @@ PyDoc_STRVAR(new_with_slots_doc,
 "new_with_slots(cls, offsets, *values) -> cls instance\n\n"
 "An instance of `cls` (allocated, not __init__-ed) with each slot of `offsets` (from\n"
 "slot_offsets) set to the matching value; slots not named stay unset. What a Python\n"
-"__init__ that only stores its arguments does, without its call overhead.");
+"__init__ that only stores its arguments does, without its call overhead.\n\n"
+"The instance is not tracked by the cyclic garbage collector, as CPython leaves a tuple of\n"
+"atoms untracked: only for records that cannot be part of a reference cycle (bytes, numbers,\n"
+"strings, and containers of them). Reference counting still frees it.");
 
 static PyObject *
 new_with_slots(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -393,6 +396,8 @@ new_with_slots(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_INCREF(args[i + 2]);
         Py_XSETREF(*slot, args[i + 2]);
     }
+    if (PyObject_IS_GC(obj))
+        PyObject_GC_UnTrack(obj);
     return obj;
 }
 

@@ -8,6 +8,7 @@ proxies would then run at a fraction of their measured speed.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -270,6 +271,7 @@ def test_whole_exchange_in_c_is_the_python_one():
     assert built.server_frames is not reference.server_frames  # each its own list
     assert not built._decoded() and not reference._decoded()
     assert built.request == reference.request and built.request["sql"] == "SELECT 1"
+    assert not gc.is_tracked(built)
 
 
 def test_new_with_slots_refuses_what_is_not_a_slot():
@@ -341,3 +343,4 @@ def test_new_redis_exchange_in_c_is_the_python_one():
     built, reference = new_exchange(*args), RedisExchange(*args)
     assert built == reference  # every field, the decoded request and response included
     assert built.source is None and built.protocol == reference.protocol
+    assert not gc.is_tracked(built) and gc.is_tracked(reference)  # left out of GC walks

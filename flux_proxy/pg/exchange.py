@@ -150,8 +150,11 @@ whole_exchange: Callable[[int, int, str, str | None, float, float, list[bytes] |
 itself): its client frames are all in, and one reply (up to ReadyForQuery) is pending. The
 same object as `PgExchange(...)` with `pending = 1` and `sealed = True`, but built in C when
 the extension is there: it is the one object the proxy makes per transaction, and a Python
-`__init__` was a fifth of the session's cost. Arguments: connection, seq, kind, request_id,
-started_at, last_at (= started_at), client_frames, has_execute."""
+`__init__` was a fifth of the session's cost. The C one is also left out of the cyclic garbage
+collector's walks (an exchange holds bytes, numbers and lists of them: it cannot be part of a
+cycle), which the shipper's queue of unsent exchanges otherwise paid for at every collection.
+Arguments: connection, seq, kind, request_id, started_at, last_at (= started_at),
+client_frames, has_execute."""
 
 if new_with_slots is not None:
     whole_exchange = partial(  # the constant slots first, then the arguments above

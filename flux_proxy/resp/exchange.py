@@ -91,7 +91,9 @@ new_exchange: Callable[[int, int, Lifetime, str | None, float, float, list[bytes
                         bool], RedisExchange] = RedisExchange
 """`RedisExchange(connection, seq, lifetime, request_id, started_at, duration, client_frames,
 server_frames, failed)` for the session's per-reply loops: the same object, built in C when
-the extension is there (a Python `__init__` was the largest single cost per exchange)."""
+the extension is there (a Python `__init__` was the largest single cost per exchange), and
+untracked by the cyclic garbage collector, which walked every exchange the shipper still held
+(it cannot be part of a cycle: see `flux_proxy._scan.new_with_slots`)."""
 
 if new_with_slots is not None:
     new_exchange = partial(new_with_slots, RedisExchange, slot_offsets(RedisExchange, (
