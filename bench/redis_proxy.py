@@ -6,8 +6,8 @@ for any Python proxy: uvloop, Protocol API, no framing) and through the Flux pro
 runs in its own process on uvloop (run as the `flux` commands run it), in record mode, with a
 sink that counts every exchange and keeps the last 100,000, as the shipper of `flux serve` holds
 the ones not yet sent (`--decode`: the sink also reads each exchange's semantic
-request/response). Runs alternate
-and the best of `--repeat` is kept.
+request/response). Runs alternate; the rps columns are the best of `--repeat` rounds, and
+each ratio is the median of the per-round ratios, as in bench/pg_proxy.py.
 
 Usage: .venv/bin/python bench/redis_proxy.py [--requests 100000] [--repeat 3] [--profile]
 """
@@ -21,6 +21,7 @@ import io
 import os
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -125,6 +126,11 @@ def serve_relay(upstream_port: int, port: int) -> None:
     print(f"{usage.ru_utime + usage.ru_stime} {usage.ru_utime}", flush=True)
 
 
+def round_ratio(runs: list[float], baselines: list[float]) -> float:
+    """The median of the per-round ratios (the rounds interleave the targets)."""
+    return statistics.median(run / base for run, base in zip(runs, baselines, strict=True))
+
+
 def redis_benchmark(port: int, requests: int, pipeline: int) -> dict[str, float]:
     out = subprocess.run(
         ["redis-benchmark", "-p", str(port), "-t", "get,set", "-c", "8", "-n", str(requests),
@@ -178,7 +184,7 @@ def main() -> None:
 
     server = RedisServer().start()
     print(f"redis-benchmark -t get,set -c 8 -n {opts.requests} (x{PIPELINED_SCALE} with -P), "
-          f"best of {opts.repeat}; "
+          f"{opts.repeat} rounds (rps: best; ratios: median of per-round ratios); "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}; semantic decode "
           f"{'in the sink' if opts.decode else 'deferred (sink keeps raw-frame exchanges)'}")
     print(f"{'test':<6}{'-P':>4}{'direct rps':>12}{'relay rps':>11}{'flux rps':>11}"
@@ -186,32 +192,34 @@ def main() -> None:
     try:
         for pipeline in opts.pipelines:
             requests = opts.requests * (PIPELINED_SCALE if pipeline > 1 else 1)
-            direct: dict[str, float] = {}
-            relayed: dict[str, float] = {}
-            proxied: dict[str, float] = {}
+            # rps of each round, per test: runs of one round saw the same machine load
+            direct: dict[str, list[float]] = {}
+            relayed: dict[str, list[float]] = {}
+            proxied: dict[str, list[float]] = {}
             recorded = ""
             for _ in range(opts.repeat):
                 for test, rps in redis_benchmark(server.port, requests, pipeline).items():
-                    direct[test] = max(direct.get(test, 0), rps)
+                    direct.setdefault(test, []).append(rps)
                 result, relay_cpu = through_proxy(server.url(), requests, pipeline, None,
                                                   False, relay=True)
                 for test, rps in result.items():
-                    relayed[test] = max(relayed.get(test, 0), rps)
+                    relayed.setdefault(test, []).append(rps)
                 profile = (f"/tmp/flux_redis_proxy.P{pipeline}.prof"
                            if opts.profile else None)
                 result, recorded = through_proxy(server.url(), requests, pipeline, profile,
                                                  opts.decode)
                 for test, rps in result.items():
-                    proxied[test] = max(proxied.get(test, 0), rps)
+                    proxied.setdefault(test, []).append(rps)
                 time.sleep(0.2)
             cpu, user = (float(x) * 1e6 / (2 * requests) for x in relay_cpu.split())
             relay_note = f"relay CPU {cpu:.1f} µs/request (user {user:.1f})"
             for test in direct:
-                ratio = proxied[test] / direct[test]
+                ratio = round_ratio(proxied[test], direct[test])
                 target = TARGETS.get(pipeline, 0.3)
                 mark = "ok" if ratio >= target else "LOW"
-                print(f"{test:<6}{pipeline:>4}{direct[test]:>12,.0f}{relayed[test]:>11,.0f}"
-                      f"{proxied[test]:>11,.0f}{relayed[test] / direct[test]:>6.2f}x"
+                print(f"{test:<6}{pipeline:>4}{max(direct[test]):>12,.0f}"
+                      f"{max(relayed[test]):>11,.0f}{max(proxied[test]):>11,.0f}"
+                      f"{round_ratio(relayed[test], direct[test]):>6.2f}x"
                       f"{ratio:>6.2f}x{target:>7.1f}x {mark:<4} {recorded}; {relay_note}")
     finally:
         server.stop()
