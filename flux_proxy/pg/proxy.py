@@ -1,8 +1,9 @@
 """The recording Postgres proxy: asyncio Protocol API on the hot path.
 
-Per chunk received, each side splits frames by their 5-byte headers (to catch garbage and to
-record), writes the chunk through unchanged, and hands the raw frames to the sans-IO
-`PgSession`. Each direction has its own flow control (pause the reader when the other side's
+Per chunk received, each side writes the chunk through unchanged, then hands it to the
+sans-IO `PgSession`: as it is when it is one whole query or reply (the usual case), else split
+into frames by their 5-byte headers (which also catches garbage). Each direction has its own
+flow control (pause the reader when the other side's
 write buffer is full), so one direction never waits on the other.
 """
 

@@ -16,6 +16,10 @@ traffic into exchanges (see `flux_proxy.model`):
 
 Per frame the work is a type-byte check and list appends; statement and portal names are
 resolved when an exchange completes, and nothing is decoded until someone reads the semantics.
+The usual traffic takes a faster path still: a read that is exactly one simple Query or one
+extended batch (`client_read`), and a read that is exactly the whole reply to the one query
+outstanding (`server_read`), are recorded as the bytes they came in, classified by C scans
+and split into frames only when someone reads them.
 """
 
 from __future__ import annotations
