@@ -3,8 +3,8 @@
 Per chunk received, each side writes the chunk through unchanged, then hands it to the
 sans-IO `PgSession`: as it is when it is one whole query or reply (the usual case), else split
 into frames by their 5-byte headers (which also catches garbage). Each direction has its own
-flow control (pause the reader when the other side's
-write buffer is full), so one direction never waits on the other.
+flow control (pause the reader when the other side's write buffer is full), so one direction
+never waits on the other.
 """
 
 from __future__ import annotations
