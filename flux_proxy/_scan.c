@@ -71,6 +71,41 @@ digits_value(const char *data, Py_ssize_t from, Py_ssize_t to)
 
 /* ---------------------------------------------------------------- Postgres */
 
+/* The whole, valid frames at the start of data[0:size], header by header: calls visit(arg,
+ * frame, its size) for each and returns where they end; *need gets the bytes the next frame
+ * needs from there (5 when unknown), or -1 when its header is bad. pg_split and the whole-read
+ * scans share it, so they accept exactly the same frames. */
+static Py_ssize_t
+walk_frames(const char *data, Py_ssize_t size, const unsigned char *valid, long long limit,
+            Py_ssize_t *need, void (*visit)(void *, const char *, Py_ssize_t), void *arg)
+{
+    Py_ssize_t pos = 0;
+    *need = 5;
+    while (pos + 5 <= size) {
+        const unsigned char *h = (const unsigned char *)data + pos;
+        unsigned long long length = ((unsigned long long)h[1] << 24) | (h[2] << 16)
+                                    | (h[3] << 8) | h[4];
+        if (!valid[h[0]] || length < 4 || (long long)length > limit) {
+            *need = -1;
+            break;
+        }
+        Py_ssize_t stop = pos + 1 + (Py_ssize_t)length;
+        if (stop > size) {
+            *need = stop - pos;
+            break;
+        }
+        visit(arg, data + pos, stop - pos);
+        pos = stop;
+    }
+    return pos;
+}
+
+static void
+count_frame(void *count, const char *frame, Py_ssize_t size)
+{
+    (*(Py_ssize_t *)count)++;
+}
+
 PyDoc_STRVAR(pg_split_doc,
 "pg_split(buf, valid, limit) -> (frames, pos, need)\n\n"
 "Complete typed messages at the start of `buf`. `valid` is 256 bytes, non-zero for each\n"
@@ -94,23 +129,8 @@ pg_split(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const char *data = PyBytes_AS_STRING(buf);
     Py_ssize_t size = PyBytes_GET_SIZE(buf);
     /* Headers first, so the list is made at its size; then the frames. */
-    Py_ssize_t pos = 0, need = 5, count = 0;
-    while (pos + 5 <= size) {
-        const unsigned char *h = (const unsigned char *)data + pos;
-        unsigned long long length = ((unsigned long long)h[1] << 24) | (h[2] << 16)
-                                    | (h[3] << 8) | h[4];
-        if (!valid[h[0]] || length < 4 || (long long)length > limit) {
-            need = -1;
-            break;
-        }
-        Py_ssize_t stop = pos + 1 + (Py_ssize_t)length;
-        if (stop > size) {
-            need = stop - pos;
-            break;
-        }
-        pos = stop;
-        count++;
-    }
+    Py_ssize_t need, count = 0;
+    Py_ssize_t pos = walk_frames(data, size, valid, limit, &need, count_frame, &count);
     PyObject *frames = PyList_New(count);
     if (frames == NULL)
         return NULL;
@@ -240,21 +260,10 @@ whole_frames(PyObject *const *args, Py_ssize_t nargs,
     long long limit = PyLong_AsLongLong(args[2]);
     if (limit == -1 && PyErr_Occurred())
         return -1;
-    const char *data = PyBytes_AS_STRING(args[0]);
-    Py_ssize_t size = PyBytes_GET_SIZE(args[0]), pos = 0;
-    while (pos + 5 <= size) {
-        const unsigned char *h = (const unsigned char *)data + pos;
-        unsigned long long length = ((unsigned long long)h[1] << 24) | (h[2] << 16)
-                                    | (h[3] << 8) | h[4];
-        if (!valid[h[0]] || length < 4 || (long long)length > limit)
-            return 0;
-        Py_ssize_t stop = pos + 1 + (Py_ssize_t)length;
-        if (stop > size)
-            return 0;
-        visit(arg, data + pos, stop - pos);
-        pos = stop;
-    }
-    return pos == size && size > 0;
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]), need;
+    Py_ssize_t end = walk_frames(PyBytes_AS_STRING(args[0]), size, valid, limit, &need,
+                                 visit, arg);
+    return end == size && size > 0;
 }
 
 static void

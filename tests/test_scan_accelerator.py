@@ -317,6 +317,11 @@ def test_whole_read_scans_match_the_reference(read, cut_at, truncate):
         read, FRONTEND_VALID, limit)
     assert pg_reply_end(read, BACKEND_VALID, limit) == reply_end_reference(
         read, BACKEND_VALID, limit)
+    with pure_python():  # the references' own split, without the C one
+        assert pg_read_shape(read, FRONTEND_VALID, limit) == read_shape_reference(
+            read, FRONTEND_VALID, limit)
+        assert pg_reply_end(read, BACKEND_VALID, limit) == reply_end_reference(
+            read, BACKEND_VALID, limit)
 
 
 def test_reply_end_reads_status_and_errors():

@@ -58,15 +58,12 @@ def split_whole(data: bytes, valid: bytes,
     bytes, non-zero for each accepted type byte), else None."""
     if _accelerated_split is not None and type(data) is bytes:
         frames, pos, _ = _accelerated_split(data, valid, limit)
-    else:
-        frames, pos = [], 0
-        while pos + 5 <= len(data):
-            length = _unpack_u32(data, pos + 1)[0]
-            stop = pos + 1 + length
-            if not (valid[data[pos]] and 4 <= length <= limit) or stop > len(data):
-                return None
-            frames.append(bytes(data[pos:stop]))
-            pos = stop
+    else:  # the splitter's reference loop
+        splitter = FrameSplitter(bytes(i for i in range(256) if valid[i]), "any", limit)
+        try:
+            frames, pos, _ = splitter._split_exact(bytes(data))
+        except ProtocolError:
+            return None
     return frames if data and pos == len(data) else None  # type: ignore[no-any-return]
 
 

@@ -164,12 +164,17 @@ class PgSession:
         shape = read_shape(data, FRONTEND_VALID, _LIMIT)
         if not shape:
             return False
+        self._queue_whole(shape, data, now)
+        return True
+
+    def _queue_whole(self, shape: int, sent: bytes | list[bytes], now: float) -> None:
+        """One exchange for a whole Query or batch (`sent`: its read, or its frames), answered
+        by everything up to its ReadyForQuery."""
         self.seq += 1
         kind = _Q if shape == SHAPE_QUERY else -shape
         self._queue.append((kind, b"Z", whole_exchange(
             self.connection, self.seq, KIND_SIMPLE if kind == _Q else KIND_EXTENDED,
-            self.tag.current, now, now, data, kind < 0)))
-        return True
+            self.tag.current, now, now, sent, kind < 0)))  # the caller hands `sent` over
 
     def client_frames(self, frames: list[bytes], now: float) -> None:
         """Frames the client sent (the session may keep the list: pass a fresh one)."""
@@ -180,11 +185,7 @@ class PgSession:
             # its ReadyForQuery.
             shape = batch_shape(frames)
             if shape:
-                self.seq += 1
-                kind = _Q if shape == SHAPE_QUERY else -shape
-                queue.append((kind, b"Z", whole_exchange(
-                    self.connection, self.seq, KIND_SIMPLE if kind == _Q else KIND_EXTENDED,
-                    self.tag.current, now, now, frames, kind < 0)))  # the list is handed over
+                self._queue_whole(shape, frames, now)
                 return
         for frame in frames:
             t = frame[0]
