@@ -89,27 +89,11 @@ class FrameSplitter:
 
     def feed(self, data: bytes) -> list[bytes]:
         if self.buffer or self._error is not None or type(data) is not bytes:
-            return self._feed_more(data)
-        if _accelerated_split is None:
-            frames, pos, need = self._split_exact(data)
-        else:  # the usual read: nothing buffered, and the C split
-            frames, pos, need = _accelerated_split(data, self._valid_bytes, self._max)
-        if pos != len(data):
-            self._keep_rest(data, pos, need)
-        return frames  # type: ignore[no-any-return]
-
-    def _feed_more(self, data: bytes) -> list[bytes]:
-        """A read that continues a buffered frame (or is not `bytes`, or follows an error)."""
-        if self._error is not None:
-            raise self._error
-        if self.buffer:
-            self.buffer += data
-            if len(self.buffer) < self._need:
+            buf = self._take(data)
+            if buf is None:
                 return []
-            buf = bytes(self.buffer)
-            self.buffer = bytearray()
-        else:
-            buf = bytes(data)
+        else:  # the usual read: nothing buffered
+            buf = data
         if _accelerated_split is None:
             frames, pos, need = self._split_exact(buf)
         else:
@@ -117,6 +101,20 @@ class FrameSplitter:
         if pos != len(buf):
             self._keep_rest(buf, pos, need)
         return frames  # type: ignore[no-any-return]
+
+    def _take(self, data: bytes) -> bytes | None:
+        """`data` after the buffered unfinished frame, as bytes; None while it is still short
+        of the next frame's end. Raises the error that stopped an earlier feed."""
+        if self._error is not None:
+            raise self._error
+        if not self.buffer:
+            return bytes(data)
+        self.buffer += data
+        if len(self.buffer) < self._need:
+            return None
+        buf = bytes(self.buffer)
+        self.buffer = bytearray()
+        return buf
 
     def _keep_rest(self, buf: bytes, pos: int, need: int) -> None:
         """Keep the unfinished frame at `pos`, which needs `need` bytes (-1: a bad header)."""
