@@ -77,7 +77,10 @@ class Runtime:
         client = self.client
 
         async def send(batch: Batch) -> None:
-            await client.record_batch(batch.executions, batch.boots)
+            if self.embedded is not None:  # in this process: no gRPC hop on the serving loop
+                await self.embedded.service.record_local(batch.executions, batch.boots)
+            else:
+                await client.record_batch(batch.executions, batch.boots)
 
         def sealed(batch: Batch) -> None:
             ids = {e.id for e in batch.executions}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -28,14 +28,17 @@ from flux_server.filters import ExecutionFilter, FilterError
 from flux_server.gen import flux_pb2 as pb
 from flux_server.gen import flux_pb2_grpc as pb_grpc
 from flux_server.ingest import MalformedRecord, prepare_batch_proto
+from flux_server.records import BootRecord, Execution
 from flux_server.store import (
     AmbiguousPrefix,
     InvalidCursor,
     InvalidId,
     InvalidRecord,
     Store,
+    StoredCounts,
     StoreUnavailable,
 )
+from flux_server.store.rows import prepare_boot, prepare_execution
 from flux_server.wire import (
     AUTHENTICATION_FAILED,
     CANDIDATES_METADATA_KEY,
@@ -117,6 +120,13 @@ class FluxService(pb_grpc.FluxServicer):
             context, self._shielded_write(self.store.record_prepared(executions, boots)))
         return pb.RecordBatchResponse(executions_stored=counts.executions,
                                       boots_stored=counts.boots)
+
+    async def record_local(self, executions: Sequence[Execution],
+                           boots: Sequence[BootRecord]) -> StoredCounts:
+        """RecordBatch for a caller in this process (`flux serve`'s embedded server): the
+        same store write, without protobuf and loopback gRPC on the serving process's path."""
+        return await self._shielded_write(self.store.record_prepared(
+            [prepare_execution(e) for e in executions], [prepare_boot(b) for b in boots]))
 
     async def List(self, request: pb.ListRequest,
                    context: grpc.aio.ServicerContext) -> pb.ListResponse:

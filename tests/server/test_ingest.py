@@ -48,3 +48,22 @@ async def test_both_stores_refuse_invalid_json_and_store_nothing(client: FluxCli
         except Exception as exc:
             raise client.translate(exc) from None  # type: ignore[arg-type]
     assert (await client.list()).executions == []  # the batch is all or nothing
+
+
+async def test_a_local_batch_is_stored_as_the_grpc_one_is(client: FluxClient,
+                                                          server: FluxServer) -> None:
+    """`flux serve`'s embedded server takes its batches without gRPC; readers see no
+    difference, and a batch sent twice (a retry after a lost ack) is stored once."""
+    failed = make_failed_execution(upstreams={"REDIS_URL": "redis://h/0"})
+    local = [make_execution(), failed]
+    remote = [make_execution(), make_replay(failed)]
+    boot = make_boot()
+    counts = await server.service.record_local(local, [boot])
+    assert (counts.executions, counts.boots) == (2, 1)
+    again = await server.service.record_local(local, [boot])
+    assert (again.executions, again.boots) == (0, 0)
+    await client.record_batch(remote, [])
+    for sent in local + remote:
+        assert await client.get(sent.id) == sent
+    assert await client.get_boot(boot.id) == boot
+    assert len((await client.list()).executions) == 4
