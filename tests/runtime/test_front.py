@@ -166,6 +166,54 @@ async def test_streams_flow_both_ways_while_the_request_is_open(mirror: Served) 
     assert b"second go;" in received
 
 
+async def read_responses(reader: asyncio.StreamReader, count: int) -> list[tuple[bytes, bytes]]:
+    """`count` Content-Length framed responses from one connection, as (head, body)."""
+    responses = []
+    for _ in range(count):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                      if line.startswith(b"content-length:"))
+        responses.append((head, await reader.readexactly(length)))
+    return responses
+
+
+async def test_pipelined_requests_are_answered_in_order_each_with_its_own_record(
+        mirror: Served) -> None:
+    reader, writer = await asyncio.open_connection(mirror.front.host, mirror.front.port)
+    writer.write(b"".join(b"GET /p%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(3)))
+    async with asyncio.timeout(10):
+        responses = await read_responses(reader, 3)
+    writer.close()
+    assert [json.loads(body)["url"] for _, body in responses] == ["/p0", "/p1", "/p2"]
+    ids = [next(line.split(b": ")[1].decode() for line in head.split(b"\r\n")
+                if line.lower().startswith(b"x-flux-execution-id")) for head, _ in responses]
+    assert len(set(ids)) == 3
+    assert [(await mirror.record(i)).path for i in ids] == ["/p0", "/p1", "/p2"]
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"GET / HTTP/1.1\r\nHost h\r\n\r\n", b"400"),  # a header line without a colon
+    (b"NOT A REQUEST\r\n\r\n", b"400"),
+    (b"GET / HTTP/1.1\r\nX-Big: " + b"x" * 70_000 + b"\r\n\r\n", b"431"),
+    (b"GET /" + b"u" * 70_000 + b" HTTP/1.1\r\n\r\n", b"414"),
+])
+async def test_a_request_the_front_cannot_take_gets_an_error_and_the_front_stays_up(
+        mirror: Served, request_bytes: bytes, status: bytes) -> None:
+    answer = await raw_exchange(mirror, request_bytes)  # read to the end: the front closes
+    assert answer.startswith(b"HTTP/1.1 " + status)
+    assert b"connection: close" in answer.lower()
+    async with mirror.client.get(mirror.front.url + "/still") as response:
+        assert response.status == 200
+
+
+async def test_an_http_1_0_client_gets_an_http_1_0_answer_and_the_close(mirror: Served) -> None:
+    answer = await raw_exchange(mirror, b"GET /old HTTP/1.0\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200")
+    assert b"connection: close" in head.lower() and b"transfer-encoding" not in head.lower()
+    assert json.loads(body)["url"] == "/old"
+
+
 PEER_APPS = {
     "deno_serve": "Deno.serve((_req, info) => "
                   "new Response(`${info.remoteAddr.hostname}:${info.remoteAddr.port}`));",
