@@ -341,16 +341,21 @@ class WorkerPool:
             status = response.status
             response_headers = [*end_to_end(response.headers), (EXECUTION_HEADER, execution_id)]
             await sink.start(status, response.reason, response_headers)
-            finished = False
-            async for chunk in response.chunks():
-                response_capture.feed(chunk)
-                if response.complete:  # the last bytes leave with the end of the response
-                    await sink.finish(chunk)
-                    finished = True
-                else:  # streamed at once: a slow stream (SSE) must not wait for its next chunk
-                    await sink.write(chunk)
-            if not finished:
-                await sink.finish()
+            whole = response.take_whole()
+            if whole is not None:  # the usual small response: it all came with its head
+                response_capture.feed(whole)
+                await sink.finish(whole)
+            else:
+                finished = False
+                async for chunk in response.chunks():
+                    response_capture.feed(chunk)
+                    if response.complete:  # the last bytes leave with the end of the response
+                        await sink.finish(chunk)
+                        finished = True
+                    else:  # streamed at once: a slow stream (SSE) must not wait for the next
+                        await sink.write(chunk)
+                if not finished:
+                    await sink.finish()
             if not report_future.done():
                 async with asyncio.timeout(self.report_timeout):
                     await asyncio.shield(report_future)

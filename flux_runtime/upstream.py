@@ -36,6 +36,10 @@ class UpstreamResponse:
         async for chunk in self.connection.body():
             yield chunk
 
+    def take_whole(self) -> bytes | None:
+        """The whole body, if it has all arrived already (without a generator per request)."""
+        return self.connection.take_whole() if self.connection is not None else None
+
     @property
     def complete(self) -> bool:
         """Every byte of the body has been handed out (or is in the chunk just yielded)."""
@@ -160,6 +164,17 @@ class WorkerConnection(asyncio.Protocol):
                 return
         if chunked:
             self._transport.write(b"0\r\n\r\n")
+
+    def take_whole(self) -> bytes | None:
+        if not self._complete:
+            return None
+        body = b"".join(self._body)
+        self._body.clear()
+        if self._reading_paused:
+            self._reading_paused = False
+            if self._transport is not None:
+                self._transport.resume_reading()
+        return body
 
     async def body(self) -> AsyncIterator[bytes]:
         while True:

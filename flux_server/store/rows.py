@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+import orjson
+
 from flux_proxy.model import Exchange, Lifetime, Protocol, Source
 from flux_server.gen.flux_pb2 import Frames
 from flux_server.records import (
@@ -25,7 +27,17 @@ from flux_server.records import (
     Outcome,
 )
 
-dump = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_standard_dump = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def dump(value: Any) -> str:
+    """Compact JSON text. orjson writes it several times faster, which counts because every
+    exchange of every recorded request is dumped on the serving process; what orjson refuses
+    (integers past 64 bits, keys that are not strings) goes through the standard encoder."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return _standard_dump(value)
 
 EXECUTION_COLUMNS = (
     "id", "started_at", "duration", "method", "path", "query", "request_headers",
