@@ -18,6 +18,7 @@ import collections
 import errno
 import http
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import cast
@@ -29,6 +30,7 @@ from flux_runtime.relay import EXECUTION_HEADER, IncomingRequest
 
 MAX_FIELD = 64 * 1024  # bytes in the request target or in one header, as aiohttp allowed
 BODY_HIGH_WATER = 1024 * 1024  # request body bytes held for a busy worker before reading stops
+KEEP_ALIVE_TIMEOUT = 75.0  # seconds an idle client connection stays open, as aiohttp's
 PIPELINE_HIGH_WATER = 8  # parsed requests waiting on one connection before reading stops
 NO_BODY_STATUS = frozenset({204, 304})
 
@@ -148,6 +150,7 @@ class ClientConnection(asyncio.Protocol):
         self._writable.set()
         self.client_gone = False
         self.closing = False  # close once the current response is out
+        self.last_read = time.monotonic()
         # the response being written
         self.started = False
         self._head = b""
@@ -167,6 +170,7 @@ class ClientConnection(asyncio.Protocol):
         self.front.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        self.last_read = time.monotonic()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -401,19 +405,28 @@ class ClientConnection(asyncio.Protocol):
     def serving(self) -> asyncio.Task[None] | None:
         return self._serving
 
+    def close_if_idle_since(self, cutoff: float) -> None:
+        """Keep-alive timeout: nothing served and nothing read since `cutoff` (a client that
+        went quiet, or one trickling a request head)."""
+        if self._serving is None and not self._queue and self.last_read < cutoff:
+            self._close()
+
 
 class Front:
     """Listens on host:port and hands every request to the pool (which queues when all workers
     are busy: waiting for a worker is the backpressure)."""
 
     def __init__(self, pool: WorkerPool, *, host: str = "127.0.0.1", port: int = 8000,
-                 shutdown_timeout: float = 30.0) -> None:
+                 shutdown_timeout: float = 30.0,
+                 keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT) -> None:
         self.pool = pool
         self.host = host
         self.port = port
         self.shutdown_timeout = shutdown_timeout
         self.connections: set[ClientConnection] = set()
+        self.keep_alive_timeout = keep_alive_timeout
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -431,6 +444,15 @@ class Front:
                                   f"{exc.strerror or exc}") from exc
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = loop.create_task(self._close_idle_connections())
+
+    async def _close_idle_connections(self) -> None:
+        """One sweep every few seconds rather than a timer per request."""
+        while True:
+            await asyncio.sleep(min(10.0, self.keep_alive_timeout / 2))
+            cutoff = time.monotonic() - self.keep_alive_timeout
+            for connection in list(self.connections):
+                connection.close_if_idle_since(cutoff)
 
     async def stop(self) -> None:
         """Stop accepting, close idle keep-alive connections (busy ones after their response),
@@ -439,6 +461,8 @@ class Front:
             return
         self._server.close()
         self._server = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for connection in list(self.connections):
             connection.close_when_idle()
         busy = [c.serving for c in self.connections if c.serving is not None]

@@ -336,3 +336,33 @@ async def test_which_console_error_output_is_the_requests_error(
     assert (None if found is None else (found.name, found.message)) == error
     if found is not None:
         assert found.stack.startswith("SyntaxError: bad json\n")
+
+
+async def test_an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not(
+        mirror: Served) -> None:
+    mirror.front.keep_alive_timeout = 0.4
+    sweeper = mirror.front._sweeper
+    assert sweeper is not None
+    sweeper.cancel()  # restart it with the short timeout
+    mirror.front._sweeper = asyncio.get_running_loop().create_task(
+        mirror.front._close_idle_connections())
+    try:
+        idle_reader, idle_writer = await asyncio.open_connection(mirror.front.host,
+                                                                 mirror.front.port)
+        idle_writer.write(b"GET /idle HTTP/1.1\r\nHost: h\r\n\r\n")
+        await read_responses(idle_reader, 1)
+        busy_reader, busy_writer = await asyncio.open_connection(mirror.front.host,
+                                                                 mirror.front.port)
+        busy_writer.write(b"POST /duplex HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+                          b"\r\n")  # its app waits for more body: busy for as long as we like
+        await busy_reader.readuntil(b"first;")
+        async with asyncio.timeout(5):
+            assert await idle_reader.read() == b""  # the front closed the idle one
+        await asyncio.sleep(0.5)
+        busy_writer.write(b"2\r\ngo\r\n0\r\n\r\n")
+        async with asyncio.timeout(5):
+            assert b"second go;" in await busy_reader.readuntil(b"0\r\n\r\n")
+        idle_writer.close()
+        busy_writer.close()
+    finally:
+        mirror.front.keep_alive_timeout = 75.0
