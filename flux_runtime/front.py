@@ -19,14 +19,13 @@ import errno
 import http
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import cast
 
 import httptools
 
 from flux_runtime.pool import WorkerPool
-from flux_runtime.relay import EXECUTION_HEADER, IncomingRequest
+from flux_runtime.relay import EXECUTION_HEADER, IncomingRequest, new_execution_id
 
 MAX_FIELD = 64 * 1024  # bytes in the request target or in one header, as aiohttp allowed
 BODY_HIGH_WATER = 1024 * 1024  # request body bytes held for a busy worker before reading stops
@@ -269,11 +268,11 @@ class ClientConnection(asyncio.Protocol):
         else:
             request_body = body
         self._start_response(parsed)
-        execution_id = str(uuid.uuid4())
+        execution_id = new_execution_id()
         request = IncomingRequest(method=parsed.method, path=path, query=query,
                                   headers=parsed.headers, body=request_body, remote=self.remote)
         try:
-            await self.front.pool.serve(request, self, execution_id=execution_id)
+            await self.front.pool.serve(request, self, execution_id=execution_id, shield=False)
         except Exception as exc:  # a bug in Flux or in a hook: still one clear answer
             sys.stderr.write(f"flux: internal error serving {parsed.method} {path} "
                              f"({execution_id}): {type(exc).__name__}: {exc}\n")

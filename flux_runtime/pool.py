@@ -32,6 +32,7 @@ from flux_runtime.relay import (
     IncomingRequest,
     ResponseSink,
     end_to_end,
+    new_execution_id,
 )
 from flux_runtime.upstream import UpstreamError, WorkerConnection
 from flux_runtime.worker import (
@@ -88,7 +89,7 @@ async def call_hook(hook: Hook | None, *args: Any) -> None:
     if hook is None:
         return
     result = hook(*args)
-    if inspect.isawaitable(result):
+    if result is not None and inspect.isawaitable(result):
         await result
 
 
@@ -224,6 +225,17 @@ class WorkerPool:
                 self._drained.clear()
                 return worker
 
+    def _acquire_idle(self) -> Worker | None:
+        """An idle worker without waiting (and without arming a timeout), if there is one."""
+        while not self._idle.empty():
+            worker = self._idle.get_nowait()
+            if worker.ready and not worker.busy:
+                worker.busy = True
+                self._in_flight += 1
+                self._drained.clear()
+                return worker
+        return None
+
     def _release(self, worker: Worker) -> None:
         worker.busy = False
         self._in_flight -= 1
@@ -234,23 +246,29 @@ class WorkerPool:
 
     async def serve(self, request: IncomingRequest, sink: ResponseSink, *,
                     execution_id: str | None = None,
-                    determinism: Sequence[DeterminismEntry] | None = None) -> ExecutionResult:
+                    determinism: Sequence[DeterminismEntry] | None = None,
+                    shield: bool = True) -> ExecutionResult:
         """Run one request on the next idle worker, streaming the response into `sink`.
 
         `determinism` (replay) is handed to the shim first, to be fed back in order. Once a
         worker has the request, it runs to its end even if the caller is cancelled: a worker
-        is only given back once it is done, or attribution would break.
+        is only given back once it is done, or attribution would break. A caller that is never
+        cancelled (the front's connection task) passes `shield=False` and saves a task.
         """
-        execution_id = execution_id or str(uuid.uuid4())
-        try:
-            async with asyncio.timeout(self.acquire_timeout):
-                worker = await self._acquire()
-        except TimeoutError:
-            result = await self._unavailable(request, sink, execution_id)
-            await call_hook(self.hooks.on_execution, result.execution)
-            return result
-        run = asyncio.ensure_future(self._run(worker, request, sink, execution_id, determinism))
-        return await asyncio.shield(run)
+        execution_id = execution_id or new_execution_id()
+        worker = self._acquire_idle()
+        if worker is None:
+            try:
+                async with asyncio.timeout(self.acquire_timeout):
+                    worker = await self._acquire()
+            except TimeoutError:
+                result = await self._unavailable(request, sink, execution_id)
+                await call_hook(self.hooks.on_execution, result.execution)
+                return result
+        run = self._run(worker, request, sink, execution_id, determinism)
+        if not shield:
+            return await run
+        return await asyncio.shield(asyncio.ensure_future(run))
 
     async def _run(self, worker: Worker, request: IncomingRequest, sink: ResponseSink,
                    execution_id: str,
