@@ -18,10 +18,12 @@ from flux_proxy.urls import BadUpstreamURL, discover_upstreams, proxy_url, redac
 from flux_runtime.front import Front
 from flux_runtime.pool import DEFAULT_WORKERS, PoolHooks, WorkerPool
 from flux_runtime.recorder import SlotRecorder
-from flux_runtime.shipper import Batch, Shipper, Spool
+from flux_runtime.shipper import Batch, Prepare, Shipper, Spool
 from flux_runtime.worker import WorkerSlotSettings
 from flux_server.client import FluxClient, server_address
+from flux_server.convert import boot_to_proto, execution_to_proto
 from flux_server.records import Execution, Outcome
+from flux_server.store.rows import prepare_execution
 
 
 class ServeError(Exception):
@@ -76,18 +78,27 @@ class Runtime:
         assert self.client is not None
         client = self.client
 
-        async def send(batch: Batch) -> None:
-            if self.embedded is not None:  # in this process: no gRPC hop on the serving loop
-                await self.embedded.service.record_local(batch.executions, batch.boots)
-            else:
-                await client.record_batch(batch.executions, batch.boots)
+        prepare: Prepare
+        if self.embedded is not None:  # in this process: no gRPC hop on the serving loop
+            service = self.embedded.service
+            prepare = prepare_execution
+
+            async def send(batch: Batch) -> None:
+                await service.record_local(batch.prepared_executions(prepare), batch.boots)
+        else:
+            prepare = execution_to_proto
+
+            async def send(batch: Batch) -> None:
+                await client.record_batch_proto(batch.prepared_executions(prepare),
+                                                [boot_to_proto(b) for b in batch.boots])
 
         def sealed(batch: Batch) -> None:
             ids = {e.id for e in batch.executions}
             for slot in self.slots:
                 slot.sealed(ids)
 
-        self.shipper = Shipper(send, Spool(flux_home() / "spool"), on_sealed=sealed)
+        self.shipper = Shipper(send, Spool(flux_home() / "spool"), on_sealed=sealed,
+                               prepare=prepare)
         self.shipper.start()
         self.slots = [SlotRecorder(i, self.upstreams) for i in range(self.options.workers)]
         for slot in self.slots:

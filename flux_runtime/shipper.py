@@ -18,19 +18,37 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from flux_server.records import BootRecord, Execution
 
 log = logging.getLogger("flux.shipper")
 
 
+Prepare = Callable[[Execution], Any]
+"""Turns a record into what the server's write takes (store rows, a protobuf message)."""
+
+
 @dataclass
 class Batch:
     executions: list[Execution] = field(default_factory=list)
     boots: list[BootRecord] = field(default_factory=list)
+    # id -> (its exchange count then, the prepared form), made as each execution came in
+    prepared: dict[str, tuple[int, Any]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.executions) + len(self.boots)
+
+    def prepared_executions(self, prepare: Prepare) -> list[Any]:
+        """Every execution in prepared form: the one made at submission, unless exchanges
+        joined the record since (a query its handler did not await), or none was made."""
+        forms = []
+        for execution in self.executions:
+            made = self.prepared.get(execution.id)
+            if made is None or made[0] != len(execution.exchanges):
+                made = (len(execution.exchanges), prepare(execution))
+            forms.append(made[1])
+        return forms
 
 
 SendBatch = Callable[[Batch], Awaitable[None]]
@@ -82,8 +100,12 @@ class Spool:
 class Shipper:
     def __init__(self, send: SendBatch, spool: Spool, *, flush_interval: float = 0.2,
                  max_batch: int = 500, retry_interval: float = 1.0,
-                 on_sealed: Callable[[Batch], None] | None = None) -> None:
+                 on_sealed: Callable[[Batch], None] | None = None,
+                 prepare: Prepare | None = None) -> None:
         self._send = send
+        # Preparing each record as it comes spreads that work over the requests; preparing a
+        # whole batch at flush time held up the requests in flight for tens of milliseconds.
+        self._prepare = prepare
         self.spool = spool
         self._flush_interval = flush_interval
         self._max_batch = max_batch
@@ -99,6 +121,13 @@ class Shipper:
 
     def submit_execution(self, execution: Execution) -> None:
         self._pending.executions.append(execution)
+        if self._prepare is not None:
+            try:
+                made = self._prepare(execution)
+            except Exception as exc:  # prepared again when sent, where a failure is handled
+                log.debug("flux: preparing execution %s failed (%s)", execution.id, exc)
+            else:
+                self._pending.prepared[execution.id] = (len(execution.exchanges), made)
         if len(self._pending) >= self._max_batch:
             self._wakeup.set()
 
@@ -169,6 +198,7 @@ class Shipper:
                 if self._in_flight is not None:
                     self._pending.executions[:0] = self._in_flight.executions
                     self._pending.boots[:0] = self._in_flight.boots
+                    self._pending.prepared.update(self._in_flight.prepared)
                     self._in_flight = None
                 next_retry = time.monotonic() + self._retry_interval
             if self._closing and not len(self._pending):

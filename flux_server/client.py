@@ -166,9 +166,15 @@ class FluxClient:
     async def record_batch(self, executions: Sequence[Execution],
                            boots: Sequence[BootRecord] = ()) -> StoredCounts:
         """Stores the records (idempotent by id), split into calls of at most BATCH_BYTES."""
+        return await self.record_batch_proto([execution_to_proto(e) for e in executions],
+                                             [boot_to_proto(b) for b in boots])
+
+    async def record_batch_proto(self, executions: Sequence[pb.Execution],
+                                 boots: Sequence[pb.BootRecord] = ()) -> StoredCounts:
+        """`record_batch` for records already in protobuf form (`flux serve` converts each
+        execution as its request finishes)."""
         stored = StoredCounts(0, 0)
-        for request in _split_batch([execution_to_proto(e) for e in executions],
-                                    [boot_to_proto(b) for b in boots]):
+        for request in _split_batch(list(executions), list(boots)):
             response = await self._unary(self._stub.RecordBatch, request)
             stored.executions += response.executions_stored
             stored.boots += response.boots_stored

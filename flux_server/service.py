@@ -28,7 +28,7 @@ from flux_server.filters import ExecutionFilter, FilterError
 from flux_server.gen import flux_pb2 as pb
 from flux_server.gen import flux_pb2_grpc as pb_grpc
 from flux_server.ingest import MalformedRecord, prepare_batch_proto
-from flux_server.records import BootRecord, Execution
+from flux_server.records import BootRecord
 from flux_server.store import (
     AmbiguousPrefix,
     InvalidCursor,
@@ -38,7 +38,7 @@ from flux_server.store import (
     StoredCounts,
     StoreUnavailable,
 )
-from flux_server.store.rows import prepare_boot, prepare_execution
+from flux_server.store.rows import PreparedExecution, prepare_boot
 from flux_server.wire import (
     AUTHENTICATION_FAILED,
     CANDIDATES_METADATA_KEY,
@@ -121,12 +121,14 @@ class FluxService(pb_grpc.FluxServicer):
         return pb.RecordBatchResponse(executions_stored=counts.executions,
                                       boots_stored=counts.boots)
 
-    async def record_local(self, executions: Sequence[Execution],
+    async def record_local(self, executions: Sequence[PreparedExecution],
                            boots: Sequence[BootRecord]) -> StoredCounts:
-        """RecordBatch for a caller in this process (`flux serve`'s embedded server): the
-        same store write, without protobuf and loopback gRPC on the serving process's path."""
+        """RecordBatch for a caller in this process (`flux serve`'s embedded server): the same
+        store write, without protobuf and loopback gRPC on the serving process's path. The
+        executions come as rows (`rows.prepare_execution`), which the runtime makes one by one
+        as requests finish."""
         return await self._shielded_write(self.store.record_prepared(
-            [prepare_execution(e) for e in executions], [prepare_boot(b) for b in boots]))
+            list(executions), [prepare_boot(b) for b in boots]))
 
     async def List(self, request: pb.ListRequest,
                    context: grpc.aio.ServicerContext) -> pb.ListResponse:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from flux_runtime.shipper import Batch, Shipper, Spool
 from flux_server.client import FluxClient
+from flux_server.records import Execution
 from flux_server.server import build_server
+from flux_server.store.rows import PreparedExecution, prepare_execution
 from tests.server.factory import make_execution
 from tests.services import free_port
 
@@ -72,3 +74,41 @@ async def test_sealed_batches_are_announced(tmp_path: Path) -> None:
     shipper.submit_execution(execution)
     await shipper.close()
     assert sealed == [execution.id]
+
+
+async def test_records_are_prepared_as_they_come_and_again_if_they_grew(tmp_path: Path) -> None:
+    """The embedded server's path: each execution becomes store rows when submitted, and the
+    rows reach the store; one whose exchanges grew afterwards (a late exchange) is redone,
+    and one whose preparation failed at submission is prepared when sent."""
+    server = build_server(None, f"127.0.0.1:{free_port()}", sqlite_path=tmp_path / "flux.db")
+    await server.start()
+    prepared_ids: list[str] = []
+    refuse = {"id": ""}
+
+    def prepare(execution: Execution) -> PreparedExecution:
+        if execution.id == refuse["id"]:
+            raise ValueError("not now")
+        prepared_ids.append(execution.id)
+        return prepare_execution(execution)
+
+    async def send(batch: Batch) -> None:
+        await server.service.record_local(batch.prepared_executions(prepare), batch.boots)
+
+    try:
+        shipper = Shipper(send, Spool(tmp_path / "spool"), flush_interval=3600, prepare=prepare)
+        shipper.start()
+        plain, grown, refused = make_execution(), make_execution(), make_execution()
+        refuse["id"] = refused.id
+        for execution in (plain, grown, refused):
+            shipper.submit_execution(execution)
+        assert prepared_ids == [plain.id, grown.id]  # at submission, not at the flush
+        late = grown.exchanges[0]
+        grown.exchanges.append(late)
+        refuse["id"] = ""
+        await shipper.close()
+        assert prepared_ids == [plain.id, grown.id, grown.id, refused.id]
+        async with FluxClient(server.address) as client:
+            for execution in (plain, grown, refused):
+                assert await client.get(execution.id) == execution
+    finally:
+        await server.stop()

@@ -58,9 +58,10 @@ async def test_a_local_batch_is_stored_as_the_grpc_one_is(client: FluxClient,
     local = [make_execution(), failed]
     remote = [make_execution(), make_replay(failed)]
     boot = make_boot()
-    counts = await server.service.record_local(local, [boot])
+    rows = [prepare_execution(e) for e in local]
+    counts = await server.service.record_local(rows, [boot])
     assert (counts.executions, counts.boots) == (2, 1)
-    again = await server.service.record_local(local, [boot])
+    again = await server.service.record_local(rows, [boot])
     assert (again.executions, again.boots) == (0, 0)
     await client.record_batch(remote, [])
     for sent in local + remote:
