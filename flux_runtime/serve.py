@@ -17,13 +17,13 @@ from typing import Any
 from flux_proxy.urls import BadUpstreamURL, discover_upstreams, proxy_url, redact
 from flux_runtime.front import Front
 from flux_runtime.pool import DEFAULT_WORKERS, PoolHooks, WorkerPool
+from flux_runtime.preparer import RecordPreparer, pack
 from flux_runtime.recorder import SlotRecorder
 from flux_runtime.shipper import Batch, Prepare, Shipper, Spool
 from flux_runtime.worker import WorkerSlotSettings
 from flux_server.client import FluxClient, server_address
 from flux_server.convert import boot_to_proto, execution_to_proto
 from flux_server.records import Execution, Outcome
-from flux_server.store.rows import prepare_execution
 
 
 class ServeError(Exception):
@@ -67,6 +67,7 @@ class Runtime:
         self.client: FluxClient | None = None
         self.embedded: Any = None
         self.shipper: Shipper | None = None
+        self.preparer: RecordPreparer | None = None
         self.pool: WorkerPool | None = None
         self.front: Front | None = None
 
@@ -81,10 +82,12 @@ class Runtime:
         prepare: Prepare
         if self.embedded is not None:  # in this process: no gRPC hop on the serving loop
             service = self.embedded.service
-            prepare = prepare_execution
+            preparer = self.preparer = RecordPreparer()
+            preparer.start()
+            prepare = pack
 
             async def send(batch: Batch) -> None:
-                await service.record_local(batch.prepared_executions(prepare), batch.boots)
+                await service.record_local(await preparer.prepare(batch), batch.boots)
         else:
             prepare = execution_to_proto
 
@@ -180,6 +183,8 @@ class Runtime:
                 self.shipper.submit_boot(part)  # IO after the worker's last request
         if self.shipper is not None:
             await self.shipper.close()
+        if self.preparer is not None:
+            await self.preparer.close()
         if self.client is not None:
             await self.client.close()
         if self.embedded is not None:

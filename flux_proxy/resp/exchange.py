@@ -23,6 +23,13 @@ _REQUEST = Exchange.__dict__["request"]  # the slot descriptors of the base data
 _RESPONSE = Exchange.__dict__["response"]
 
 
+def _set_or_none(slot: Any, exchange: Exchange) -> Any:
+    try:
+        return slot.__get__(exchange)
+    except AttributeError:  # not decoded yet
+        return None
+
+
 class RedisExchange(Exchange):
     """Built once per command on the proxy's hot path, so `__init__` sets only what varies:
     the protocol is a class constant, and `request`/`response` stay unset until first read."""
@@ -76,6 +83,19 @@ class RedisExchange(Exchange):
     @response.setter
     def response(self, value: dict[str, Any]) -> None:
         _RESPONSE.__set__(self, value)
+
+    @property
+    def undecoded(self) -> bool:
+        """Neither semantic field was read or set yet: the raw frames say everything."""
+        return _set_or_none(_REQUEST, self) is None and _set_or_none(_RESPONSE, self) is None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as recorded (raw frames), decoded where it is unpickled and read."""
+        return (RedisExchange, (self.connection, self.seq, self.lifetime, self.request_id,
+                                self.started_at, self.duration, self.client_frames,
+                                self.server_frames, self.failed, _set_or_none(_REQUEST, self),
+                                _set_or_none(_RESPONSE, self)),
+                {"source": self.source} if self.source is not None else None)
 
     def __eq__(self, other: object) -> bool:
         """Equal to any `Exchange` with the same fields (the base class compares classes)."""
