@@ -36,6 +36,28 @@ LAST_WORDS = "\x1eflux-report "
 OUTPUT_LINE_LIMIT = 16 * 1024 * 1024  # such a report carries up to 1 MiB of console text
 
 
+def batch_scheduling(pid: int) -> None:
+    """Puts every thread of a worker under SCHED_BATCH (threads it starts later inherit it).
+
+    Every request crosses the serving process's one event loop several times, and each time
+    the loop hands a worker bytes, the woken worker preempted the loop on its CPU: the loop,
+    and every other request with it, waited out the worker's slice in the middle of a write.
+    A SCHED_BATCH thread does not preempt on wake-up; its share of the CPU is unchanged.
+    Measured on 2 cores, alternating 3 s runs of `wrk -c32` against one `flux serve`: median
+    +5 % and +9 % req/s, 13 of 18 pairs faster (docs/runtime.md). Linux only; elsewhere, or
+    if the kernel refuses, workers keep the default policy."""
+    setscheduler = getattr(os, "sched_setscheduler", None)
+    if setscheduler is None:
+        return
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return
+    for tid in threads:
+        with contextlib.suppress(OSError, ValueError):
+            setscheduler(int(tid), os.SCHED_BATCH, os.sched_param(0))
+
+
 class WorkerStartError(RuntimeError):
     """The app could not be started; the message is one line, with Deno's own words."""
 
@@ -250,6 +272,7 @@ class Worker:
             waiter.cancel()
         if self._listening in done and not self._exited.is_set():
             self.ready = True
+            batch_scheduling(process.pid)
             return
         if self._exited.is_set():
             raise WorkerStartError(self.exit_message(before_ready=True))

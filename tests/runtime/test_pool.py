@@ -308,3 +308,21 @@ async def test_shutdown_ends_keep_alive_clients_instead_of_waiting_on_them() -> 
             await served.front.stop()
             await client
         assert answered >= 3
+
+
+async def test_workers_run_under_batch_scheduling_and_a_restart_does_too() -> None:
+    """A woken worker must not preempt the serving loop (flux_runtime.worker.batch_scheduling)."""
+    def policies(pid: int) -> set[int]:
+        return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+    async with serving(APPS["deno_serve"], workers=1) as served:
+        worker = served.pool.workers[0]
+        first_pid = worker.pid
+        assert first_pid is not None
+        assert policies(first_pid) == {os.SCHED_BATCH}
+        async with served.client.get(served.front.url + "/crash") as response:
+            assert response.status == 502
+        async with asyncio.timeout(30):
+            while worker.pid in (None, first_pid) or not worker.ready:
+                await asyncio.sleep(0.05)
+        assert policies(worker.pid) == {os.SCHED_BATCH}  # type: ignore[arg-type]
