@@ -61,12 +61,22 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def is_deno(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "deno"
+    except OSError:
+        return False
+
+
 async def measured(label: str, url: str, duration: int, connections: int, pid: int,
                    flux: bool) -> Figures:
     """wrk, with the CPU the server side spent per request (contention-proof, unlike req/s)."""
     def sample() -> tuple[float, float]:
-        app = sum(cpu_seconds(child) for child in descendants(pid))
-        own = cpu_seconds(pid)
+        # Deno processes are the app; any other child of flux (its record helper) is Flux
+        children = descendants(pid)
+        app = sum(cpu_seconds(child) for child in children if is_deno(child))
+        own = cpu_seconds(pid) + sum(cpu_seconds(child) for child in children
+                                     if not is_deno(child))
         return (own, app) if flux else (0.0, own + app)
 
     own_before, app_before = sample()
@@ -252,7 +262,8 @@ async def main(args: argparse.Namespace) -> None:
           f"load average at the end: {os.getloadavg()[0]:.1f}")
     print(f"\nthroughput: wrk -c{args.connections} -d{args.duration}s; ratio to the mean of "
           "the two bare runs, and (flux rows) to the prefork ceiling with as many processes as "
-          "workers; CPU per request of the flux process and of the Deno process(es)")
+          "workers; CPU per request of Flux (the flux process and its record helper) and of the "
+          "Deno process(es)")
     print(f"{'':28} {'req/s':>7} {'ratio':>6} {'/ceil':>6} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'flux us':>8} {'deno us':>8} {'io':>3}  errors")
     for row in rows:
