@@ -17,8 +17,11 @@ import asyncio
 import logging
 import marshal
 import multiprocessing
+import os
 import pickle
 import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -42,10 +45,18 @@ from flux_server.store.rows import PreparedExecution, prepare_execution
 log = logging.getLogger("flux.preparer")
 
 
-def _ignore_interrupts() -> None:
-    """Ctrl-C reaches the whole process group; `flux serve` shuts down in order and closes the
-    helper itself, after the last batch."""
+def _helper_setup(parent: int) -> None:
+    """Ctrl-C reaches the whole process group, but `flux serve` shuts down in order and closes
+    the helper itself, after the last batch; if `flux serve` is killed instead, the helper
+    leaves on its own rather than linger as an orphan."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="flux-parent-watch", daemon=True).start()
 
 
 # ------------------------------------------------------------------ the executions' wire form
@@ -182,7 +193,8 @@ class RecordPreparer:
         self.in_process = 0  # batches prepared here because the helper was not usable
 
     def start(self) -> None:
-        self._pool = ProcessPoolExecutor(max_workers=1, initializer=_ignore_interrupts,
+        self._pool = ProcessPoolExecutor(max_workers=1, initializer=_helper_setup,
+                                         initargs=(os.getpid(),),
                                          mp_context=multiprocessing.get_context("spawn"))
         self._pool.submit(int)  # start the process now, not at the first flush
 

@@ -3,11 +3,15 @@ process would have made itself."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import struct
+import subprocess
+import sys
 import time
 from decimal import Decimal
+from pathlib import Path
 
 from flux_proxy.model import Lifetime
 from flux_proxy.pg.exchange import PgExchange, rebuild_pg_exchange
@@ -99,3 +103,37 @@ async def test_the_helper_prepares_and_a_dead_helper_costs_no_record() -> None:
         assert [p.row for p in again] == [p.row for p in prepared]
     finally:
         await preparer.close()
+
+
+async def test_the_helper_leaves_when_flux_is_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "helper.pid"
+    script = (
+        "import asyncio, pathlib, sys, time\n"
+        "from flux_runtime.preparer import RecordPreparer\n"
+        "from flux_runtime.shipper import Batch\n"
+        "async def main():\n"
+        "    p = RecordPreparer(); p.start()\n"
+        "    await p.prepare(Batch())\n"
+        "    pathlib.Path(sys.argv[1]).write_text(str(next(iter(p._pool._processes))))\n"
+        "    time.sleep(60)\n"
+        "asyncio.run(main())\n")
+    parent = subprocess.Popen([sys.executable, "-c", script, str(pid_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with asyncio.timeout(30):
+            while not pid_file.exists() or not pid_file.read_text():
+                await asyncio.sleep(0.1)
+        helper = int(pid_file.read_text())
+        os.kill(helper, 0)  # alive
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(helper, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.1)
+    os.kill(helper, signal.SIGKILL)
+    raise AssertionError("the helper outlived flux by 10 s")
