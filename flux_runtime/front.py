@@ -90,6 +90,10 @@ class RequestBody:
     def whole(self) -> bytes:
         return b"".join(self._chunks)
 
+    @property
+    def empty(self) -> bool:
+        return not self._chunks
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
             while self._chunks:
@@ -260,13 +264,11 @@ class ClientConnection(asyncio.Protocol):
         body = parsed.body
         if parsed.expects and parsed.version == "1.1" and not body.complete:
             self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if body.complete:
-            whole = body.whole()
-            request_body = whole if whole or parsed.has_length else None
-            if not parsed.has_length and whole:
-                request_body = body  # chunked: the app sees it chunked, as it was sent
-        else:
-            request_body = body
+        request_body: RequestBody | bytes | None = body  # streamed, chunked as it was sent
+        if body.complete and parsed.has_length:
+            request_body = body.whole()  # its length is known: one write to the worker
+        elif body.complete and body.empty:
+            request_body = None
         self._start_response(parsed)
         execution_id = new_execution_id()
         request = IncomingRequest(method=parsed.method, path=path, query=query,

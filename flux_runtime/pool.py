@@ -219,22 +219,25 @@ class WorkerPool:
         """The next idle, ready worker; waiting here is the front's backpressure."""
         while True:
             worker = await self._idle.get()
-            if worker.ready and not worker.busy:
-                worker.busy = True
-                self._in_flight += 1
-                self._drained.clear()
+            if self._claim(worker):
                 return worker
 
     def _acquire_idle(self) -> Worker | None:
         """An idle worker without waiting (and without arming a timeout), if there is one."""
         while not self._idle.empty():
             worker = self._idle.get_nowait()
-            if worker.ready and not worker.busy:
-                worker.busy = True
-                self._in_flight += 1
-                self._drained.clear()
+            if self._claim(worker):
                 return worker
         return None
+
+    def _claim(self, worker: Worker) -> bool:
+        """Takes a worker off the idle queue for a request; a stale entry is skipped."""
+        if not worker.ready or worker.busy:
+            return False
+        worker.busy = True
+        self._in_flight += 1
+        self._drained.clear()
+        return True
 
     def _release(self, worker: Worker) -> None:
         worker.busy = False

@@ -116,7 +116,7 @@ def _source(x: Exchange) -> str | None:
 def _flat_exchange(x: Exchange) -> tuple[Any, ...]:
     """Undecoded Postgres and Redis exchanges travel as recorded, to be decoded in the helper;
     anything else with its semantic fields."""
-    if type(x) is PgExchange and not x._decoded():
+    if type(x) is PgExchange and x.undecoded:
         st = x.statement
         return ("pg", x.connection, x.seq, x.kind, x.request_id, x.started_at, x.lifetime.value,
                 x.duration, recorded_client(x), recorded_server(x), _source(x), x.failed,

@@ -103,6 +103,12 @@ class PgExchange(Exchange):
             return False
         return True
 
+    @property
+    def undecoded(self) -> bool:
+        """Neither semantic field was read or set yet: the raw frames and the session state
+        say everything."""
+        return not self._decoded()
+
     @property  # type: ignore[override]
     def request(self) -> dict[str, Any]:
         try:

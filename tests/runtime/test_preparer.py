@@ -71,7 +71,7 @@ def test_the_serving_process_never_decodes_what_it_sends() -> None:
     execution = live_execution()
     blob = pack(execution)
     pg_unnamed, pg_named, redis = execution.exchanges
-    assert not pg_unnamed._decoded() and not pg_named._decoded() and redis.undecoded
+    assert pg_unnamed.undecoded and pg_named.undecoded and redis.undecoded
     travelled = unpack(blob)
     assert travelled.exchanges[1].request["sql"] == "SELECT $1::int AS n"  # from the session
     assert travelled.exchanges[1].request["params"] == ["42"]
