@@ -4,8 +4,8 @@ Decoding each exchange's frames into its semantic request and response, and buil
 around them, cost the serving process about 265 µs of CPU per request on a 2-core machine
 (a Postgres and a Redis exchange each): a quarter of all it spent per request, on the one
 thread that also relays every byte. The helper does it on the other core. The serving process
-only pickles each execution as it was recorded (raw frames, and the session state their decode
-needs), and gets the rows back, one batch per flush.
+only flattens each execution as it was recorded (raw frames, and the session state their
+decode needs), and gets the rows back, one batch per flush.
 
 If the helper cannot be used (it died, it was never started), the rows are made here, as
 before: a record is never lost to the helper.

@@ -79,11 +79,15 @@ def test_the_serving_process_never_decodes_what_it_sends() -> None:
     assert [x.request for x in travelled.exchanges] == [x.request for x in execution.exchanges]
 
 
-def test_a_value_marshal_cannot_write_goes_by_pickle() -> None:
-    execution = make_execution(determinism=[DeterminismEntry("math_random", Decimal("0.5"))])
+def test_a_value_marshal_cannot_write_goes_by_pickle_still_undecoded() -> None:
+    execution = live_execution()
+    execution.determinism = [DeterminismEntry("math_random", Decimal("0.5"))]
     blob = pack(execution)
     assert blob[:1] == PICKLED
-    assert unpack(blob) == execution
+    assert all(x.undecoded for x in execution.exchanges)  # pickled as recorded
+    travelled = unpack(blob)
+    assert all(x.undecoded for x in travelled.exchanges)
+    assert travelled == execution
 
 
 async def test_the_helper_prepares_and_a_dead_helper_costs_no_record() -> None:
