@@ -366,3 +366,19 @@ async def test_an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not(
         busy_writer.close()
     finally:
         mirror.front.keep_alive_timeout = 75.0
+
+
+async def test_a_request_trickled_byte_by_byte_reaches_the_app_whole(mirror: Served) -> None:
+    request = (b"POST /slow?x=1 HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\n"
+               b"Content-Length: 11\r\nConnection: close\r\n\r\nhello world")
+    reader, writer = await asyncio.open_connection(mirror.front.host, mirror.front.port)
+    for i in range(len(request)):
+        writer.write(request[i:i + 1])
+        await writer.drain()
+        if i % 16 == 0:
+            await asyncio.sleep(0.001)  # separate reads, not one coalesced segment
+    async with asyncio.timeout(10):
+        answer = await reader.read()
+    writer.close()
+    seen = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert (seen["method"], seen["url"], seen["body"]) == ("POST", "/slow?x=1", "hello world")
