@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/serve.py [--duration 5] [--connections 32] [--workers 1,2,4]
                                     [--default-workers 2]
+    .venv/bin/python bench/serve.py --baseline REV [--rounds 6] [--duration 4]
 
 `flux serve` runs as users run it: the `flux` command in its own process. Prints two tables:
 throughput at --connections (per worker count, with the ratio to bare), and the latency one
@@ -12,6 +13,10 @@ The throughput table also has the *prefork ceiling*: N bare `deno run` processes
 request at a time (one `wrk -c1` per process, run together). That is what a pool of N workers
 serving one request at a time (DESIGN.md, "Attribution") could reach if Flux itself cost
 nothing; `flux serve` is compared with it too.
+`--baseline REV` compares instead: `flux serve` from git revision REV (a temporary worktree)
+and from this tree, started alternately, round after round; on a shared machine whose speed
+drifts, that is how a change is measured.
+
 Needs `wrk` (apt-get install wrk), PostgreSQL and redis-server binaries (throwaway servers are
 started here). Speed is measured here only, never in tests.
 """
@@ -22,10 +27,12 @@ import argparse
 import asyncio
 import os
 import signal
+import statistics
+import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -138,14 +145,18 @@ async def bare(env: dict[str, str]) -> AsyncIterator[tuple[str, int]]:
 
 @asynccontextmanager
 async def flux_serve(env: dict[str, str], workers: int, sample: float = 1.0,
-                     server: str | None = None) -> AsyncIterator[tuple[str, str, int]]:
+                     server: str | None = None, tree: Path | None = None,
+                     ) -> AsyncIterator[tuple[str, str, int]]:
     """`flux serve APP --workers N` as its own process; yields its URL, server address, pid.
 
-    Without `server` nothing answers at the address it is given, so it embeds its own.
+    Without `server` nothing answers at the address it is given, so it embeds its own. With
+    `tree`, Flux's code comes from that source tree (the `--baseline` worktree).
     """
     port, server = free_port(), server or f"127.0.0.1:{free_port()}"
     command = [str(FLUX), "serve", str(APP), "--port", str(port), "--workers", str(workers),
                "--server", server, "--sample", str(sample)]
+    if tree is not None:
+        env = {**env, "PYTHONPATH": str(tree)}
     process = await asyncio.create_subprocess_exec(
         *command, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
@@ -223,6 +234,62 @@ async def flux_run(env: dict[str, str], args: argparse.Namespace, workers: int,
     return figures
 
 
+@contextmanager
+def worktree(revision: str) -> Iterator[Path]:
+    """REVISION checked out in a temporary git worktree, its C extension built there."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="flux-baseline-") as parent:
+        tree = Path(parent) / "tree"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "--quiet",
+                        str(tree), revision], check=True)
+        try:
+            subprocess.run([sys.executable, "setup.py", "--quiet", "build_ext", "--inplace"],
+                           cwd=tree, check=True, stdout=subprocess.DEVNULL)
+            yield tree
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force",
+                            str(tree)], check=False)
+
+
+async def ab_main(args: argparse.Namespace) -> None:
+    """`flux serve` from --baseline and from this tree, started alternately, round after
+    round: on a machine whose speed drifts, only runs made in the same minutes compare."""
+    workers = args.default_workers
+    current = Path(__file__).resolve().parent.parent
+    pg = PgCluster(tls=False).start()
+    redis = RedisServer().start()
+    runs: dict[str, list[Figures]] = {args.baseline: [], "this tree": []}
+    try:
+        with tempfile.TemporaryDirectory(prefix="flux-bench-") as home, \
+                worktree(args.baseline) as baseline:
+            env = app_env(pg.url(), redis.url(), Path(home))
+            for _ in range(args.rounds):
+                for label, tree in ((args.baseline, baseline), ("this tree", current)):
+                    async with flux_serve(env, workers, args.sample, tree=tree) as (url, _, pid):
+                        await wrk("warm-up", url, 1, args.connections)
+                        runs[label].append(await measured(label, url, args.duration,
+                                                          args.connections, pid, flux=True))
+    finally:
+        pg.stop()
+        redis.stop()
+    print(f"A/B: flux serve {APP.name}, {workers} worker(s), wrk -c{args.connections} "
+          f"-d{args.duration}s, {args.rounds} alternating rounds; medians; flux = the flux "
+          f"process and its record helper; load average at the end: {os.getloadavg()[0]:.1f}")
+    print(f"{'':28} {'req/s':>7} {'flux us':>8} {'deno us':>8}  req/s per round")
+    medians = {}
+    for label, figures in runs.items():
+        rps = statistics.median(f.requests_per_second for f in figures)
+        medians[label] = rps
+        print(f"{label[:28]:28} {rps:7.0f} "
+              f"{statistics.median(f.flux_cpu_us for f in figures):8.0f} "
+              f"{statistics.median(f.app_cpu_us for f in figures):8.0f}  "
+              + " ".join(f"{f.requests_per_second:.0f}" for f in figures))
+    faster = sum(b.requests_per_second > a.requests_per_second
+                 for a, b in zip(runs[args.baseline], runs["this tree"], strict=True))
+    print(f"this tree / baseline: {medians['this tree'] / max(medians[args.baseline], 1e-9):.2f}"
+          f" (faster in {faster} of {args.rounds} rounds)")
+
+
 async def main(args: argparse.Namespace) -> None:
     counts = [int(n) for n in args.workers.split(",")]
     pg = PgCluster(tls=False).start()
@@ -297,5 +364,11 @@ if __name__ == "__main__":
     parser.add_argument("--separate-server", action="store_true",
                         help="ship to a `flux server` process instead of the embedded one")
     parser.add_argument("--default-workers", type=int, default=2,
-                        help="the worker count whose one-at-a-time latency is measured")
-    asyncio.run(main(parser.parse_args()))
+                        help="the worker count whose one-at-a-time latency is measured (and "
+                             "the one --baseline compares)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="A/B instead: flux serve from git revision REV and from this tree, "
+                             "alternately, --rounds times")
+    parser.add_argument("--rounds", type=int, default=6)
+    parsed = parser.parse_args()
+    asyncio.run(ab_main(parsed) if parsed.baseline else main(parsed))
