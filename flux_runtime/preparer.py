@@ -63,7 +63,7 @@ def _helper_setup(parent: int) -> None:
 #
 # pickle spent about 50 µs per execution here, most of it naming classes and enum members; an
 # execution flattened to tuples of plain values and written by `marshal` costs a fraction of
-# that. What marshal cannot write (an unusual determinism value) goes by pickle.
+# that. What marshal cannot write (an unusual determinism value) goes by pickle, the same tuple.
 
 MARSHALLED, PICKLED = b"M", b"P"
 
@@ -72,28 +72,27 @@ def pack(execution: Execution) -> bytes:
     """An execution as recorded, for the helper (the shipper calls it as each request ends)."""
     e = execution
     error = e.error
+    flat = (
+        e.id, e.started_at, e.duration, e.method, e.path, e.query, e.request_headers,
+        e.request_body, e.request_truncated, e.status, e.response_headers, e.response_body,
+        e.response_truncated, None if error is None else (error.name, error.message, error.stack),
+        [(c.seq, c.offset, c.level, c.text) for c in e.console],
+        [_flat_exchange(x) for x in e.exchanges],
+        [(d.kind, d.value) for d in e.determinism],
+        e.parent_id, e.mode.value, e.app_path, e.code_version, e.flux_version, e.deno_version,
+        e.worker_id, e.boot_id, e.upstreams, e.replay_outcome)
     try:
-        return MARSHALLED + marshal.dumps((
-            e.id, e.started_at, e.duration, e.method, e.path, e.query, e.request_headers,
-            e.request_body, e.request_truncated, e.status, e.response_headers, e.response_body,
-            e.response_truncated, None if error is None else (error.name, error.message,
-                                                              error.stack),
-            [(c.seq, c.offset, c.level, c.text) for c in e.console],
-            [_flat_exchange(x) for x in e.exchanges],
-            [(d.kind, d.value) for d in e.determinism],
-            e.parent_id, e.mode.value, e.app_path, e.code_version, e.flux_version,
-            e.deno_version, e.worker_id, e.boot_id, e.upstreams, e.replay_outcome))
-    except ValueError:  # a value marshal cannot write
-        return PICKLED + pickle.dumps(execution, protocol=pickle.HIGHEST_PROTOCOL)
+        return MARSHALLED + marshal.dumps(flat)
+    except ValueError:  # a value marshal cannot write: the same tuple, by pickle
+        return PICKLED + pickle.dumps(flat, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def unpack(blob: bytes) -> Execution:
-    if blob[:1] == PICKLED:
-        return pickle.loads(blob[1:])  # type: ignore[no-any-return]
+    flat = pickle.loads(blob[1:]) if blob[:1] == PICKLED else marshal.loads(blob[1:])
     (id_, started_at, duration, method, path, query, request_headers, request_body,
      request_truncated, status, response_headers, response_body, response_truncated, error,
      console, exchanges, determinism, parent_id, mode, app_path, code_version, flux_version,
-     deno_version, worker_id, boot_id, upstreams, replay_outcome) = marshal.loads(blob[1:])
+     deno_version, worker_id, boot_id, upstreams, replay_outcome) = flat
     return Execution(
         id=id_, started_at=started_at, duration=duration, method=method, path=path,
         query=query, request_headers=[tuple(h) for h in request_headers],

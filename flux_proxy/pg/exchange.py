@@ -137,25 +137,12 @@ class PgExchange(Exchange):
             self._decode()
         _response_slot.__set__(self, value)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled as recorded: raw frames and the session state the decode needs, so the
-        decode can run in another process (`flux_runtime.preparer`), not where it pickles."""
-        decoded = self._decoded()
-        return (rebuild_pg_exchange, (
-            self.connection, self.seq, self.kind, self.request_id, self.started_at,
-            self.lifetime, self.duration, _client_slot.__get__(self),
-            _server_slot.__get__(self), self.source, self.failed, self.statement, self.bind,
-            self.broken, _request_slot.__get__(self) if decoded else None,
-            _response_slot.__get__(self) if decoded else None))
-
 
 def rebuild_pg_exchange(connection: int, seq: int, kind: str, request_id: str | None,
                          started_at: float, lifetime: Lifetime, duration: float,
                          client: bytes | list[bytes], server: bytes | list[bytes],
                          source: Any, failed: bool, statement: StatementInfo | None,
-                         bind: bytes | None, broken: str | None,
-                         request: dict[str, Any] | None = None,
-                         response: dict[str, Any] | None = None) -> PgExchange:
+                         bind: bytes | None, broken: str | None) -> PgExchange:
     """A finished exchange from its recorded parts (another process's copy of one)."""
     ex = PgExchange(connection, seq, kind, request_id, started_at, lifetime)
     ex.duration, ex.source, ex.failed = duration, source, failed
@@ -163,9 +150,6 @@ def rebuild_pg_exchange(connection: int, seq: int, kind: str, request_id: str | 
     _server_slot.__set__(ex, server)
     ex.statement, ex.bind, ex.broken = statement, bind, broken
     ex.done = ex.sealed = True
-    if request is not None and response is not None:
-        _request_slot.__set__(ex, request)
-        _response_slot.__set__(ex, response)
     return ex
 
 

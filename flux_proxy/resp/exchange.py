@@ -89,14 +89,6 @@ class RedisExchange(Exchange):
         """Neither semantic field was read or set yet: the raw frames say everything."""
         return _set_or_none(_REQUEST, self) is None and _set_or_none(_RESPONSE, self) is None
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled as recorded (raw frames), decoded where it is unpickled and read."""
-        return (RedisExchange, (self.connection, self.seq, self.lifetime, self.request_id,
-                                self.started_at, self.duration, self.client_frames,
-                                self.server_frames, self.failed, _set_or_none(_REQUEST, self),
-                                _set_or_none(_RESPONSE, self)),
-                {"source": self.source} if self.source is not None else None)
-
     def __eq__(self, other: object) -> bool:
         """Equal to any `Exchange` with the same fields (the base class compares classes)."""
         if not isinstance(other, Exchange):

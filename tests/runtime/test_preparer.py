@@ -84,7 +84,7 @@ def test_a_value_marshal_cannot_write_goes_by_pickle_still_undecoded() -> None:
     execution.determinism = [DeterminismEntry("math_random", Decimal("0.5"))]
     blob = pack(execution)
     assert blob[:1] == PICKLED
-    assert all(x.undecoded for x in execution.exchanges)  # pickled as recorded
+    assert all(x.undecoded for x in execution.exchanges)  # flattened as recorded
     travelled = unpack(blob)
     assert all(x.undecoded for x in travelled.exchanges)
     assert travelled == execution
