@@ -156,6 +156,7 @@ class ClientConnection(asyncio.Protocol):
         self.last_read = time.monotonic()
         # the response being written
         self.started = False
+        self._finished = False  # the response's last bytes are written
         self._head = b""
         self._chunked = False
         self._no_body = False
@@ -285,7 +286,7 @@ class ClientConnection(asyncio.Protocol):
                                   ("content-length", str(len(text))),
                                   (EXECUTION_HEADER, execution_id)])
                 await self.finish(text)
-            elif self._head or self._keep_alive:  # a response cut short cannot be reused
+            elif not self._finished:  # a response cut short must not pass for a whole one
                 await self.abort()
         self._serving = None
         if not parsed.body.complete:
@@ -301,6 +302,7 @@ class ClientConnection(asyncio.Protocol):
     def _start_response(self, parsed: ParsedRequest) -> None:
         self._current = parsed
         self.started = False
+        self._finished = False
         self._head = b""
         self._chunked = False
         self._no_body = parsed.method == "HEAD"
@@ -344,6 +346,7 @@ class ClientConnection(asyncio.Protocol):
         if self._chunked and not self._no_body:
             data += b"0\r\n\r\n"
         self._write(data)
+        self._finished = True
 
     async def abort(self) -> None:
         """The worker broke mid-response: the client must not take a partial body as whole."""

@@ -382,3 +382,25 @@ async def test_a_request_trickled_byte_by_byte_reaches_the_app_whole(mirror: Ser
     writer.close()
     seen = json.loads(answer.partition(b"\r\n\r\n")[2])
     assert (seen["method"], seen["url"], seen["body"]) == ("POST", "/slow?x=1", "hello world")
+
+
+async def test_a_hook_failing_after_the_response_keeps_the_connection(tmp_path: Path) -> None:
+    """The response was whole when the hook failed: the client keeps it and its connection."""
+    app = tmp_path / "ok.ts"
+    app.write_text("Deno.serve(() => new Response('ok'));\n")
+    async with serving(app, workers=1) as served:
+        def broken(_worker: object, _execution: object) -> None:
+            raise RuntimeError("hook exploded")
+
+        served.pool.hooks.after_completion = broken
+        reader, writer = await asyncio.open_connection(served.front.host, served.front.port)
+        writer.write(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n")
+        async with asyncio.timeout(10):
+            [(head, body)] = await read_responses(reader, 1)
+        served.pool.hooks.after_completion = None
+        writer.write(b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+        async with asyncio.timeout(10):
+            [(again, _)] = await read_responses(reader, 1)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 200") and body == b"ok"
+        assert again.startswith(b"HTTP/1.1 200")
